@@ -1,0 +1,55 @@
+"""`python -m helpers <command>`: the one entry point the scripts call.
+
+Every command turns a BringupError into one line on stderr and its exit code; no traceback
+reaches the user for bad input or a missing environment.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from helpers.errors import EXIT_USAGE, BringupError
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except BringupError as exc:
+            click.echo(f"error: {exc.line()}", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Bring a model up on vLLM / vllm-ascend and prove it works."""
+
+
+@cli.command("tiny-model")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="checkpoint directory")
+@click.option("--kind", type=click.Choice(["dense", "moe"]), default="dense", show_default=True)
+@click.option("--weights", type=click.Choice(["real", "dummy"]), default="real", show_default=True,
+              help="dummy: config and tokenizer only (for --load-format dummy)")
+@click.option("--shards", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--head-dim", type=click.IntRange(8, 512), default=None,
+              help="attention head size (hidden size = 4 x head dim); unusual sizes fail on CPU")
+def tiny_model(out: Path, kind: str, weights: str, shards: int, head_dim: int | None) -> None:
+    """Generate a tiny deterministic checkpoint with a local tokenizer (no downloads)."""
+    from helpers import tinymodel
+
+    spec = tinymodel.TinySpec(kind=kind)
+    if head_dim:
+        spec.hidden_size = head_dim * spec.num_heads
+    path = tinymodel.generate(out, weights=weights, spec=spec, shards=shards)
+    click.echo(f"tiny model ({kind}, weights {weights}) written to {path}")
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="helpers", standalone_mode=True)
+    except BringupError as exc:  # raised outside a command (e.g. while parsing settings)
+        click.echo(f"error: {exc.line()}", err=True)
+        sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)

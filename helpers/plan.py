@@ -1,0 +1,129 @@
+"""Serve plan: backend profile + settings + stage + feature variant -> argv, env and cwd.
+
+Pure: no process is started here. The plan prints as a shell line and as command.sh, the file
+that reproduces a run exactly (secrets are referenced, never written).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from helpers.errors import UsageError
+from helpers.profiles import Profile
+
+SECRET_ENV = ("VLLM_API_KEY",)
+
+
+@dataclass
+class Variant:
+    """What a step adds to the base serve command (a feature gate or a ladder rung)."""
+
+    name: str = "base"
+    flags: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ServePlan:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    served_name: str
+    host: str
+    port: int
+    secret_env: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def process_env(self, base: dict[str, str]) -> dict[str, str]:
+        merged = dict(base)
+        merged.update(self.env)
+        merged.update(self.secret_env)
+        return merged
+
+    def shell_line(self) -> str:
+        """One line, as the workflow writes it: `K=V ... vllm serve ...` (no cd, no secrets)."""
+        env = [f"{k}={shlex.quote(v)}" for k, v in self.env.items()]
+        return " ".join(env + [shlex.quote(a) for a in self.argv])
+
+    def command_sh(self, header: str) -> str:
+        lines = ["#!/usr/bin/env bash"]
+        lines += [f"# {h}" for h in header.splitlines()]
+        lines += ["set -euo pipefail"]
+        if self.cwd:
+            lines.append(f"cd {shlex.quote(self.cwd)}")
+        for key, value in self.env.items():
+            lines.append(f"export {key}={shlex.quote(value)}")
+        for key in self.secret_env:
+            lines.append(f'export {key}="${{{key}:?export {key} first; it is not recorded on purpose}}"')
+        lines.append("exec " + " \\\n  ".join(group_flags(self.argv)))
+        return "\n".join(lines) + "\n"
+
+
+def group_flags(argv: list[str]) -> list[str]:
+    """Quote argv and put each --flag with its values on one line (readable command.sh)."""
+    groups: list[list[str]] = []
+    for index, arg in enumerate(argv):
+        starts_flag = arg.startswith("--")
+        if not groups or (starts_flag and index > 0):
+            groups.append([])
+        groups[-1].append(shlex.quote(arg))
+    return [" ".join(g) for g in groups]
+
+
+def split_extra_args(text: str) -> list[str]:
+    try:
+        return shlex.split(text or "")
+    except ValueError as exc:
+        raise UsageError(f"EXTRA_ARGS cannot be split like a shell would: {exc}", "balance the quotes") from None
+
+
+def build_plan(
+    profile: Profile,
+    *,
+    model_path: str,
+    served_name: str,
+    stage: str,
+    host: str,
+    port: int,
+    tp: int | None = None,
+    max_model_len: int | None = None,
+    max_num_seqs: int | None = None,
+    dtype: str = "",
+    extra_args: str = "",
+    api_key: str = "",
+    work_dir: str = "",
+    variant: Variant | None = None,
+    python: str | None = None,
+) -> ServePlan:
+    variant = variant or Variant()
+    defaults = profile.defaults
+    substitutions = {"model": model_path, "python": python or sys.executable}
+    argv = [part.format(**substitutions) for part in profile.launcher]
+    argv += ["--served-model-name", served_name]
+    argv += list(profile.flags)
+    argv += ["--dtype", dtype or str(defaults.get("dtype", "auto"))]
+    argv += ["--max-model-len", str(max_model_len or defaults.get("max_model_len", 4096))]
+    argv += ["--tensor-parallel-size", str(tp or defaults.get("tp", 1))]
+    argv += ["--max-num-seqs", str(max_num_seqs or defaults.get("max_num_seqs", 16))]
+    if stage == "a":
+        argv += ["--load-format", "dummy"]
+    argv += ["--host", host, "--port", str(port)]
+    argv += list(variant.flags)
+    argv += split_extra_args(extra_args)
+    env = dict(profile.env)
+    env.update(variant.env)
+    cwd = work_dir or profile.workdir
+    if cwd and not Path(cwd).is_dir():
+        cwd = ""
+    secret_env = {"VLLM_API_KEY": api_key} if api_key else {}
+    return ServePlan(argv=argv, env=env, cwd=cwd, served_name=served_name, host=host, port=port,
+                     secret_env=secret_env)
+
+
+def mask(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text

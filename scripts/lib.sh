@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Shared by the step scripts: where the repo and its Python are, and how to call the helpers.
+# Sourced, not run. Variables come from the environment (make exports them; see env.example).
+
+REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-.venv}"
+case "$VENV" in /*) ;; *) VENV="$REPO_DIR/$VENV" ;; esac
+PY="$VENV/bin/python"
+export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
+
+# A token that names this invocation in the tool's state files, so the EXIT trap stops only
+# the server this invocation started, never a colleague's run on the same machine.
+BRINGUP_RUN_TOKEN="${BRINGUP_RUN_TOKEN:-run-$$-$RANDOM}"
+export BRINGUP_RUN_TOKEN
+
+run_helper() {
+  "$PY" -m helpers "$@"
+}
+
+stop_servers_of_this_run() {
+  "$PY" -m helpers stop --token "$BRINGUP_RUN_TOKEN" --quiet || true
+}

