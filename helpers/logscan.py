@@ -132,6 +132,7 @@ class Catalog:
     signatures: tuple[Signature, ...]
     phases: tuple[tuple[str, re.Pattern], ...]
     stop_markers: tuple[re.Pattern, ...]
+    ignore_lines: tuple[re.Pattern, ...]
     extractors: tuple[Extractor, ...]
     runtime_gates: tuple[bytes, ...]
     rungs: dict[str, dict[str, str]]
@@ -220,6 +221,7 @@ def _build_catalog(data: dict[str, Any], where: str) -> Catalog:
         ))
     phases = tuple((str(p["label"]), _compile(f"phase {p['label']}", p["regex"])) for p in data.get("phases") or [])
     stops = tuple(_compile("stop marker", r) for r in data.get("stop_markers") or [])
+    ignored = tuple(_compile("ignore line", r) for r in data.get("ignore_lines") or [])
     extractors = []
     for raw in data.get("evidence") or []:
         kind = raw.get("kind", "line")
@@ -231,7 +233,7 @@ def _build_catalog(data: dict[str, Any], where: str) -> Catalog:
         extractors.append(Extractor(key=raw["key"], kind=kind, pattern=pattern, needles=required_literals(raw["regex"]),
                                     keep=raw.get("keep", "first"), vllm_prefix_only=bool(raw.get("vllm_prefix_only"))))
     gates = tuple(str(g).encode() for g in data.get("runtime_gates") or [])
-    return Catalog(tuple(signatures), phases, stops, tuple(extractors), gates, rungs)
+    return Catalog(tuple(signatures), phases, stops, ignored, tuple(extractors), gates, rungs)
 
 
 @lru_cache(maxsize=8)
@@ -413,6 +415,9 @@ class LogScanner:
         if not after_stop:
             self._traceback_line(proc, level, msg, line_no)
         cat = self.catalog
+        for pattern in cat.ignore_lines:
+            if pattern.search(text):
+                return
         for label, pattern in cat.phases:
             if pattern.search(text):
                 self._set_phase(label, line_no)
