@@ -42,4 +42,7 @@ stage-a: setup ## Stage A: serve with dummy weights, readiness, smoke, verdict
 stage-b: setup ## Stage B: serve with real weights, readiness, smoke, verdict (mandatory gate)
 	@scripts/stage.sh b
 
-.PHONY: help setup demo test tiny-model hygiene stage-a stage-b
+diagnose: setup ## Read a server log (LOG=path): verdict, root-cause line, hint, next ladder rung
+	@scripts/diagnose.sh
+
+.PHONY: help setup demo test tiny-model hygiene stage-a stage-b diagnose

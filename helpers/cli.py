@@ -104,6 +104,32 @@ def hygiene_cmd() -> None:
     click.echo(f"hygiene: no server of ours left; port {settings.port} on {settings.host} is free")
 
 
+@cli.command("diagnose")
+@click.option("--log", "log", default=None, help="server log to read (default: LOG from the environment / .env)")
+@click.option("--json", "as_json", is_flag=True, help="print the diagnosis as JSON")
+@click.option("--model", default=None, help="model for the suggested next command (default: MODEL, else the log's)")
+def diagnose_cmd(log: str | None, as_json: bool, model: str | None) -> None:
+    """Read a vLLM server log: verdict, root-cause line, category, hint, next ladder step.
+
+    Exit 0 when no failure is found, 1 when a failure is diagnosed, 2 for a bad LOG.
+    """
+    import json
+
+    from helpers import logscan
+    from helpers.errors import UsageError
+
+    loaded = _settings()
+    path = log if log is not None else loaded.get("LOG", "").strip()
+    if not path:
+        raise UsageError("no log given", "run make diagnose LOG=path/to/server.log")
+    diag = logscan.diagnose(path, model=model if model is not None else loaded.model)
+    if as_json:
+        click.echo(json.dumps(diag.to_dict(), ensure_ascii=False, indent=2, default=str))
+    else:
+        click.echo(logscan.render_diagnosis(diag))
+    sys.exit(diag.exit_code)
+
+
 def main() -> None:
     try:
         cli.main(prog_name="helpers", standalone_mode=True)
