@@ -188,7 +188,6 @@ class StageRun:
             "started_at": ev.utc_iso(),
             "finished_at": None,
             "timings": {},
-            "phases": [],
             "readiness": None,
             "requests": [],
             "graph": None,
@@ -279,7 +278,7 @@ class StageRun:
             rec["category"] = (first.category if first else None) or {
                 "stalled": "stalled", "timeout": "timeout"}.get(outcome.state, "startup")
             rec["reason"] = f"server never became ready: {outcome.state} ({outcome.detail})"
-            rec["root_cause"] = cause.__dict__ if cause else None
+            rec["root_cause"] = cause.to_dict() if cause else None
             return
         dead_after_ready = self.server is not None and self.server.poll() is not None
         late_failures = self.scanner.failures(since_line=ready_line)
@@ -290,7 +289,7 @@ class StageRun:
             return
         rec["verdict"] = "FAIL"
         cause = self.scanner.root_cause(since_line=ready_line)
-        rec["root_cause"] = cause.__dict__ if cause else None
+        rec["root_cause"] = cause.to_dict() if cause else None
         server_side = dead_after_ready or late_failures or any(
             r.status is None or (r.status or 0) >= 500 for r in bad)
         if server_side:
@@ -368,7 +367,8 @@ class StageRun:
         scan = self.scanner.to_dict()
         rec["signatures"] = scan.get("hits", [])
         rec["log_evidence"] = scan.get("evidence", {})
-        rec["phases"] = scan.get("phases", [])
+        rec["log_scan"] = {k: scan.get(k) for k in ("lines", "phase", "ready_line", "stop_line", "hit_counts",
+                                                     "evidence_lines")}
         if rec["verdict"] is None:
             rec["verdict"], rec["category"] = "FAIL", "internal"
             rec["reason"] = "the run ended before a verdict (see serve.log)"

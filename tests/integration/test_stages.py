@@ -53,6 +53,10 @@ def test_stage_a_then_stage_b_pass_with_evidence(runs_dir, tiny_dense):
     run_b = latest_run(runs_dir, "tiny-dense", "stage-b")
     record_b = check_common_evidence(run_b, "b")
     assert "--load-format" not in record_b["command"]["argv"]
+    assert "load_weights_seconds" in record_b["log_evidence"], "real weights leave a load line"
+    assert "load_weights_seconds" not in record_a["log_evidence"], "dummy weights load nothing"
+    assert record_b["log_evidence"]["architecture"] == "Qwen2ForCausalLM"
+    assert record_b["log_evidence"]["kv_cache_tokens"] > 0
     assert run_a != run_b and run_a.exists(), "earlier evidence is never overwritten"
     assert record_a["verdict"] == "PASS"
 
@@ -77,3 +81,28 @@ def test_sigint_during_readiness_leaves_no_process_and_writes_interrupted(runs_d
     assert record["exit_code"] == 130
     assert "SIGINT" in record["reason"]
     assert not serve.group_members(pgid)
+
+
+def test_false_ready_on_the_real_server_is_a_fail_with_the_root_cause(runs_dir, tmp_path):
+    """Head size 40 is rejected by the CPU attention kernel at the first request, not at startup:
+    the server starts, answers /v1/models, then dies on the first chat request."""
+    from helpers import tinymodel
+
+    spec = tinymodel.TinySpec(hidden_size=160)  # 4 heads x 40
+    model = tinymodel.generate(tmp_path / "tiny-hd40", weights="dummy", spec=spec)
+    env = base_env(runs_dir, MODEL=str(model), PORT=str(free_port()))
+    # The script, not make: make turns every failing recipe into its own exit code 2.
+    result = subprocess.run(["scripts/stage.sh", "a"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "FAIL stage-a tiny-hd40 [false-ready]" in result.stdout
+    record = json.loads((latest_run(runs_dir, "tiny-hd40", "stage-a") / "evidence.json").read_text())
+    assert record["readiness"]["state"] == "ready"
+    assert record["category"] == "false-ready"
+    cause = record["root_cause"]
+    assert "Unsupported CPU attention configuration: head_dim=40" in cause["text"]
+    assert cause["line_no"] > record["readiness"]["ready_line"]
+    first = record["requests"][0]
+    assert first["status"] == 500 or first["status"] is None
+    # Decided within seconds of the failing request, not at a timeout.
+    assert record["timings"]["total_s"] - record["timings"]["start_to_ready_s"] < 30
