@@ -33,6 +33,12 @@ test: setup ## Run the whole test suite (unit + real CPU-backend integration)
 tiny-model: setup ## Generate a tiny checkpoint (TINY_DIR, TINY_KIND=dense|moe, TINY_WEIGHTS=real|dummy)
 	@scripts/tiny_model.sh
 
+triage: setup ## Triage MODEL: config, weight coverage, vLLM registry, features, TP plan -> runs/<model>/triage.json
+	@scripts/triage.sh
+
+bench: setup ## Benchmarks (triage of a 100 GB-class sharded checkpoint reads headers only)
+	@scripts/bench.sh
+
 hygiene: setup ## Stop servers this tool started (from its state files) and check PORT is free
 	@scripts/hygiene.sh
 
@@ -42,4 +48,4 @@ stage-a: setup ## Stage A: serve with dummy weights, readiness, smoke, verdict
 stage-b: setup ## Stage B: serve with real weights, readiness, smoke, verdict (mandatory gate)
 	@scripts/stage.sh b
 
-.PHONY: help setup demo test tiny-model hygiene stage-a stage-b
+.PHONY: help setup demo test tiny-model triage bench hygiene stage-a stage-b

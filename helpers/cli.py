@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from helpers.errors import EXIT_USAGE, BringupError
+from helpers.errors import EXIT_USAGE, BringupError, UsageError
 
 
 class Group(click.Group):
@@ -45,6 +45,37 @@ def tiny_model(out: Path, kind: str, weights: str, shards: int, head_dim: int | 
         spec.hidden_size = head_dim * spec.num_heads
     path = tinymodel.generate(out, weights=weights, spec=spec, shards=shards)
     click.echo(f"tiny model ({kind}, weights {weights}) written to {path}")
+
+
+@cli.command("triage")
+@click.option("--model", default=None, help="name under MODEL_ROOT or a checkpoint path (default: MODEL)")
+@click.option("--backend", default=None, help="ascend | cuda | cpu (default: BACKEND, else detected)")
+@click.option("--json", "as_json", is_flag=True, help="print the triage.json record instead of the table")
+@click.option("--registry/--no-registry", default=True, show_default=True,
+              help="ask the installed vLLM's model registry (a subprocess; importing vLLM takes seconds)")
+@click.option("--registry-timeout", type=click.FloatRange(1, 3600), default=120.0, show_default=True,
+              help="seconds the registry subprocess may take before it is reported as unknown")
+def triage_command(model: str | None, backend: str | None, as_json: bool, registry: bool,
+                   registry_timeout: float) -> None:
+    """Triage a checkpoint: table on stdout, RUNS_DIR/<model>/triage.json for later steps."""
+    import json
+
+    from helpers import settings as settings_module
+    from helpers import triage
+
+    settings = settings_module.load({"MODEL": model, "BACKEND": backend})
+    if sys.stderr.isatty():
+        click.echo("triage: reading config and safetensors headers; asking vLLM's registry ...", err=True)
+    record = triage.triage(settings, registry=registry, registry_timeout=registry_timeout)
+    path = triage.triage_path(settings, record.model["name"])
+    kept = triage.write_record(record, path)
+    data = record.to_dict()
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else triage.render_table(data))
+    if not as_json:
+        click.echo(f"triage.json: {path}" + (f" (previous kept as {kept.name})" if kept else ""))
+    if record.errors:
+        more = f"; {len(record.errors) - 1} more" if len(record.errors) > 1 else ""
+        raise UsageError(f"{record.errors[0]}{more}", f"details in {path}")
 
 
 def main() -> None:
