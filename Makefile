@@ -30,7 +30,7 @@ demo: setup ## Generate a tiny model and run Stage A then Stage B on the CPU bac
 test: setup ## Run the whole test suite (unit + real CPU-backend integration)
 	@scripts/test.sh
 
-tiny-model: setup ## Generate a tiny checkpoint (TINY_DIR, TINY_KIND=dense|moe, TINY_WEIGHTS=real|dummy)
+tiny-model: setup ## Generate a tiny checkpoint (TINY_DIR, TINY_KIND=dense|moe|vl, TINY_WEIGHTS=real|dummy)
 	@scripts/tiny_model.sh
 
 triage: setup ## Triage MODEL: config, weight coverage, vLLM registry, features, TP plan -> runs/<model>/triage.json

@@ -448,3 +448,21 @@ def test_bad_input_broken_shards_are_reported_then_exit_2(tmp_path, models):
     assert data["weights"]["unreadable_shards"][0]["file"] == "model-00003-of-00004.safetensors"
     assert data["coverage"]["missing_count"] > 0 and data["exit_code"] == 2
     _assert_one_line_exit_2(cli("--model", str(empty), "--no-registry", env=env), "is empty (0 bytes)")
+
+
+def test_custom_code_model_is_reported_without_running_its_code(tmp_path):
+    spec = tinymodel.TinySpec()
+    config = tinymodel.model_config(spec, 1024)
+    config.update({"model_type": "acme_lm", "architectures": ["AcmeForCausalLM"],
+                   "auto_map": {"AutoModelForCausalLM": "modeling_acme.AcmeForCausalLM"}})
+    directory = tmp_path / "acme"
+    tinymodel.save_sparse_shards({n: ("BF16", s) for n, s in tinymodel.weight_shapes(spec, config).items()},
+                                 directory, 1)
+    (directory / "config.json").write_text(json.dumps(config))
+    (directory / "modeling_acme.py").write_text("raise SystemExit('remote code must never run in triage')\n")
+    record = run_triage(directory, tmp_path)
+    assert record["coverage"]["status"] == "unknown"
+    assert "does not know model_type 'acme_lm'" in record["coverage"]["reason"]
+    assert record["inventory"]["custom_code"] == ["modeling_acme.py"]
+    assert record["trust_remote_code"]["needed"] is True
+    assert record["exit_code"] == 0 and record["weights"]["tensor_count"] == 27
