@@ -30,8 +30,14 @@ demo: setup ## Generate a tiny model and run Stage A then Stage B on the CPU bac
 test: setup ## Run the whole test suite (unit + real CPU-backend integration)
 	@scripts/test.sh
 
-tiny-model: setup ## Generate a tiny checkpoint (TINY_DIR, TINY_KIND=dense|moe, TINY_WEIGHTS=real|dummy)
+tiny-model: setup ## Generate a tiny checkpoint (TINY_DIR, TINY_KIND=dense|moe|vl, TINY_WEIGHTS=real|dummy)
 	@scripts/tiny_model.sh
+
+triage: setup ## Triage MODEL: config, weight coverage, vLLM registry, features, TP plan -> runs/<model>/triage.json
+	@scripts/triage.sh
+
+bench: setup ## Benchmarks (triage of a 100 GB-class sharded checkpoint reads headers only)
+	@scripts/bench.sh
 
 hygiene: setup ## Stop servers this tool started (from its state files) and check PORT is free
 	@scripts/hygiene.sh
@@ -45,4 +51,4 @@ stage-b: setup ## Stage B: serve with real weights, readiness, smoke, verdict (m
 diagnose: setup ## Read a server log (LOG=path): verdict, root-cause line, hint, next ladder rung
 	@scripts/diagnose.sh
 
-.PHONY: help setup demo test tiny-model hygiene stage-a stage-b diagnose
+.PHONY: help setup demo test tiny-model triage bench hygiene stage-a stage-b diagnose

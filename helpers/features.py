@@ -1,0 +1,263 @@
+"""Feature rules (helpers/features.yaml) and their evaluation against triage facts.
+
+The rules are data; this module only reads them and decides, for one model on one box, which
+of the workflow's four categories each feature falls in, with the evidence for the decision and
+the flags/env that turn the feature on for the installed version. The feature gates reuse
+`load_rules` and `assess` so triage and the gates never disagree.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from string import Template
+from typing import Any, Callable
+
+import yaml
+
+from helpers.errors import UsageError
+
+RULES_PATH = Path(__file__).resolve().parent / "features.yaml"
+
+SUPPORTED = "supported"
+FRAMEWORK_UNSUPPORTED = "framework-unsupported"
+CHECKPOINT_MISSING = "checkpoint-missing"
+NOT_APPLICABLE = "not-applicable"
+CATEGORIES = (SUPPORTED, FRAMEWORK_UNSUPPORTED, CHECKPOINT_MISSING, NOT_APPLICABLE)
+
+# Answers "does the installed <package> source contain <text>?"; None when the source is not found.
+SourceProbe = Callable[[str, str], "bool | None"]
+
+
+@dataclass
+class VersionRule:
+    mode: str
+    package: str
+    source_contains: str = ""
+    range: str = ""
+    category: str = ""
+    because: str = ""
+    flags: list[str] | None = None
+    env: dict[str, str] | None = None
+
+
+@dataclass
+class FeatureRule:
+    id: str
+    name: str
+    zh: str = ""
+    make_target: str | None = None
+    applies_when: dict[str, Any] = field(default_factory=dict)
+    not_applicable_because: str = ""
+    checkpoint_requires: dict[str, Any] = field(default_factory=dict)
+    checkpoint_missing_because: str = ""
+    requires: dict[str, list[str]] = field(default_factory=dict)
+    framework_unsupported_because: str = ""
+    flags: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    evidence: Any = None
+    failure_evidence: list[str] = field(default_factory=list)
+    versions: list[VersionRule] = field(default_factory=list)
+    fallbacks: list[dict[str, Any]] = field(default_factory=list)
+    notes: str = ""
+
+
+@dataclass
+class FeatureAssessment:
+    id: str
+    name: str
+    zh: str
+    category: str
+    verdict: str | None  # None = to be decided by a run
+    evidence: str
+    flags: list[str]
+    env: dict[str, str]
+    log_evidence: list[str]
+    make_target: str | None
+    version_mode: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RuleSet:
+    categories: dict[str, dict[str, Any]]
+    features: list[FeatureRule]
+
+    def get(self, feature_id: str) -> FeatureRule:
+        for rule in self.features:
+            if rule.id == feature_id:
+                return rule
+        raise UsageError(f"feature {feature_id!r} is not in {RULES_PATH.name}",
+                         f"use one of: {', '.join(r.id for r in self.features)}")
+
+    def verdict(self, category: str) -> str | None:
+        return self.categories.get(category, {}).get("verdict")
+
+    def label(self, category: str, lang: str = "zh") -> str:
+        return str(self.categories.get(category, {}).get(lang, category))
+
+
+def load_rules(path: Path | None = None) -> RuleSet:
+    path = path or RULES_PATH
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read feature rules {path}: {exc}".splitlines()[0]) from None
+    features = []
+    for entry in data.get("features") or []:
+        entry = dict(entry)
+        versions = [VersionRule(**v) for v in entry.pop("versions", None) or []]
+        features.append(FeatureRule(versions=versions, **entry))
+    categories = data.get("categories") or {}
+    missing = [c for c in CATEGORIES if c not in categories]
+    if missing:
+        raise UsageError(f"{path.name} lacks the categories {missing}")
+    return RuleSet(categories=categories, features=features)
+
+
+# --- conditions -----------------------------------------------------------------------------
+
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "gt": lambda a, b: a is not None and a > b,
+    "ge": lambda a, b: a is not None and a >= b,
+    "lt": lambda a, b: a is not None and a < b,
+    "le": lambda a, b: a is not None and a <= b,
+    "in": lambda a, b: a in b,
+    "not_in": lambda a, b: a not in b,
+}
+
+
+def condition_holds(condition: dict[str, Any], facts: dict[str, Any]) -> bool:
+    """Every `fact: expected` pair must hold; expected is a value or `{operator: value}`."""
+    for fact, expected in (condition or {}).items():
+        actual = facts.get(fact)
+        if isinstance(expected, dict):
+            for op, value in expected.items():
+                if op not in _OPERATORS:
+                    raise UsageError(f"unknown operator {op!r} in feature rule for {fact!r}",
+                                     f"use one of {sorted(_OPERATORS)}")
+                if not _OPERATORS[op](actual, value):
+                    return False
+        elif actual != expected:
+            return False
+    return True
+
+
+def render(text: str, facts: dict[str, Any]) -> str:
+    values = {k: ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v)) for k, v in facts.items()}
+    return Template(text).safe_substitute(values)
+
+
+# --- versions -------------------------------------------------------------------------------
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text.split("+")[0])[:3]) or (0,)
+
+
+def version_in_range(version: str, spec: str) -> bool:
+    """`>=0.19,<0.24` style ranges on the numeric part of a version (dev/rc suffixes ignored)."""
+    current = _version_tuple(version)
+    for clause in filter(None, (c.strip() for c in spec.split(","))):
+        match = re.fullmatch(r"(>=|<=|==|>|<)\s*([\w.]+)", clause)
+        if not match:
+            raise UsageError(f"version range {spec!r} in {RULES_PATH.name} is not understood")
+        op, bound = match.group(1), _version_tuple(match.group(2))
+        ok = {">=": current >= bound, "<=": current <= bound, "==": current == bound,
+              ">": current > bound, "<": current < bound}[op]
+        if not ok:
+            return False
+    return True
+
+
+def pick_version_rule(rule: FeatureRule, versions: dict[str, str | None],
+                      source_probe: SourceProbe | None) -> tuple[VersionRule | None, str]:
+    """The first version entry matching the installed package, and why it matched."""
+    for entry in rule.versions:
+        if entry.source_contains and source_probe is not None:
+            found = source_probe(entry.package, entry.source_contains)
+            if found is True:
+                return entry, f"installed {entry.package} source contains {entry.source_contains!r}"
+            if found is False:
+                continue
+        installed = versions.get(entry.package)
+        if entry.range and installed and version_in_range(installed, entry.range):
+            return entry, f"{entry.package} {installed} is in {entry.range}"
+    return None, ""
+
+
+# --- assessment -----------------------------------------------------------------------------
+
+def _module_importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _log_evidence(rule: FeatureRule, backend: str) -> list[str]:
+    evidence = rule.evidence
+    if isinstance(evidence, list):
+        return [str(x) for x in evidence]
+    if isinstance(evidence, dict):
+        chosen = evidence.get(backend, evidence.get("any", []))
+        return [str(x) for x in chosen] if isinstance(chosen, list) else [str(chosen)]
+    return [str(evidence)] if evidence else []
+
+
+def assess(rule: FeatureRule, rules: RuleSet, facts: dict[str, Any], *,
+           versions: dict[str, str | None] | None = None,
+           source_probe: SourceProbe | None = None,
+           module_probe: Callable[[str], bool] = _module_importable) -> FeatureAssessment:
+    backend = str(facts.get("backend", ""))
+
+    def result(category: str, evidence: str, *, flags: list[str] | None = None,
+               env: dict[str, str] | None = None, mode: str | None = None) -> FeatureAssessment:
+        return FeatureAssessment(
+            id=rule.id, name=rule.name, zh=rule.zh, category=category, verdict=rules.verdict(category),
+            evidence=evidence, flags=[render(f, facts) for f in (rule.flags if flags is None else flags)],
+            env={k: render(str(v), facts) for k, v in (rule.env if env is None else env).items()},
+            log_evidence=_log_evidence(rule, backend), make_target=rule.make_target, version_mode=mode,
+        )
+
+    if not condition_holds(rule.applies_when, facts):
+        return result(NOT_APPLICABLE, render(rule.not_applicable_because or "rule does not apply", facts))
+    if not condition_holds(rule.checkpoint_requires, facts):
+        return result(CHECKPOINT_MISSING, render(rule.checkpoint_missing_because or "checkpoint lacks it", facts))
+    backends = rule.requires.get("backends") or []
+    if backends and backend not in backends:
+        return result(FRAMEWORK_UNSUPPORTED, render(rule.framework_unsupported_because
+                                                    or f"needs backend {backends}", facts))
+    missing_modules = [m for m in rule.requires.get("modules") or [] if not module_probe(m)]
+    if missing_modules:
+        because = rule.framework_unsupported_because or "needs modules $missing"
+        return result(FRAMEWORK_UNSUPPORTED, render(because, {**facts, "missing": ", ".join(missing_modules)})
+                      + f" (not importable: {', '.join(missing_modules)})")
+    base = "applies: " + ", ".join(f"{k}={facts.get(k)}" for k in (rule.applies_when or {})) \
+        if rule.applies_when else "applies to every model"
+    if rule.checkpoint_requires:
+        base += "; checkpoint: " + ", ".join(f"{k}={facts.get(k)}" for k in rule.checkpoint_requires)
+    if rule.versions:
+        entry, why = pick_version_rule(rule, versions or {}, source_probe)
+        if entry is None:
+            installed = (versions or {}).get(rule.versions[0].package)
+            return result(FRAMEWORK_UNSUPPORTED,
+                          f"{base}; no version rule matches {rule.versions[0].package} {installed or '(not found)'}")
+        if entry.category == FRAMEWORK_UNSUPPORTED:
+            return result(FRAMEWORK_UNSUPPORTED, f"{render(entry.because, facts)} ({why})", mode=entry.mode)
+        return result(SUPPORTED, f"{base}; {entry.mode} ({why})", flags=entry.flags, env=entry.env, mode=entry.mode)
+    return result(SUPPORTED, base)
+
+
+def assess_all(facts: dict[str, Any], *, rules: RuleSet | None = None,
+               versions: dict[str, str | None] | None = None,
+               source_probe: SourceProbe | None = None,
+               module_probe: Callable[[str], bool] = _module_importable) -> list[FeatureAssessment]:
+    rules = rules or load_rules()
+    return [assess(rule, rules, facts, versions=versions, source_probe=source_probe, module_probe=module_probe)
+            for rule in rules.features]
