@@ -30,6 +30,8 @@ from helpers.readiness import LogTail, Progress, WatchOutcome, base_url, wait_re
 from helpers.serve import Server, require_free_port
 from helpers.settings import Settings
 from helpers.smoke import RequestResult, chat, chat_stream
+from helpers.checkpoint import config_facts
+from helpers.triage import read_config, resolve_model
 
 POLL_SECONDS = 0.2
 AFTER_DEATH_GRACE = 2.0
@@ -46,35 +48,8 @@ class StageRequest:
     multimodal: bool | None = None  # None: read from the checkpoint config
 
 
-def resolve_model(settings: Settings) -> Path:
-    if not settings.model:
-        raise UsageError("MODEL is not set", "pass MODEL=<name under MODEL_ROOT or a path>")
-    candidate = Path(settings.model).expanduser()
-    if not candidate.is_dir():
-        under_root = Path(settings.model_root).expanduser() / settings.model
-        if under_root.is_dir():
-            candidate = under_root
-        else:
-            raise UsageError(f"MODEL={settings.model!r}: no such directory (also looked in {under_root})",
-                             "pass an existing checkpoint directory or set MODEL_ROOT")
-    return candidate.resolve()
-
-
-def read_model_config(model_path: Path) -> dict[str, Any]:
-    config_path = model_path / "config.json"
-    if not config_path.is_file():
-        raise UsageError(f"{model_path} has no config.json", "point MODEL at a Hugging Face checkpoint directory")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{config_path} is not valid JSON: {exc}", "fix or re-download config.json") from None
-    if not isinstance(config, dict):
-        raise UsageError(f"{config_path} does not hold a JSON object", "fix or re-download config.json")
-    return config
-
-
 def config_is_multimodal(config: dict[str, Any]) -> bool:
-    return any(key in config for key in ("vision_config", "visual", "vision_tower", "audio_config"))
+    return bool(config_facts(config).multimodal.get("is_multimodal"))
 
 
 def check_backend_installed(profile: profiles.Profile) -> None:
@@ -131,7 +106,7 @@ class StageRun:
         self.out = out or (lambda line: print(line, flush=True))
         self.profile = profiles.load(settings.backend)
         self.model_path = resolve_model(settings)
-        self.config = read_model_config(self.model_path)
+        self.config = read_config(self.model_path)
         self.model_name = ev.safe_name(self.model_path.name)
         self.served_name = settings.served_name or self.model_path.name
         self.multimodal = (request.multimodal if request.multimodal is not None
