@@ -122,12 +122,13 @@ class ServerRecord:
     def verified_members(self) -> list[int]:
         """Group members we may signal: the leader if verified, or (leader gone) members of the
         recorded group that started after the leader did, so a reused pgid is never hit."""
-        members = group_members(self.pgid)
         if self.is_alive_and_ours():
-            return members
-        if self.start_ticks is None:
-            return []
-        return [m for m in members if (process_start_ticks(m) or 0) >= self.start_ticks]
+            return group_members(self.pgid)
+        if self.start_ticks is None or process_state(self.pid) is not None:
+            return []  # the pid now belongs to another process: nothing here is ours
+        # Leader gone, members left (e.g. an EngineCore orphaned by a SIGKILL): the kernel does
+        # not hand out a pid still used as a group id, so these are ours.
+        return [m for m in group_members(self.pgid) if (process_start_ticks(m) or 0) >= self.start_ticks]
 
 
 def state_dir(runs_dir: str | Path) -> Path:
