@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,6 +84,7 @@ class WatchOutcome:
     detail: str = ""
     returncode: int | None = None
     ready_line: int = 0
+    decided_at: float = field(default_factory=time.time)  # epoch, to measure detection latency
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
