@@ -206,7 +206,7 @@ class StageRun:
             ("text", lambda: chat(url, self.served_name, api_key=key, timeout=timeout)),
             ("stream", lambda: chat_stream(url, self.served_name, api_key=key, timeout=timeout)),
         ]
-        if self.multimodal and not self.request.variant.name == "text-only":
+        if self.multimodal and self.request.variant.name != "text-only":
             calls.append(("image", lambda: chat(url, self.served_name, kind="image", api_key=key, timeout=timeout)))
         results: list[RequestResult] = []
         for kind, call in calls:

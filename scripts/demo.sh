@@ -13,8 +13,7 @@ generate_tiny_model() {
 }
 
 run_stage() {
-  local stage="$1"
-  if run_helper stage --stage "$stage"; then return 0; else return $?; fi
+  run_helper stage --stage "$1"
 }
 
 trap stop_servers_of_this_run EXIT
