@@ -27,6 +27,7 @@ from helpers.plan import Variant, build_plan
 
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOKS = REPO / "runbooks"
+# README.zh.md is checked like a runbook (targets, variables, helpers, shell blocks).
 STEP_FILES = ["00-env-hygiene.md", "01-triage.md", "02-stage-a.md", "03-stage-b.md", "04-feature-gates.md",
               "05-fallback-ladder.md", "06-capacity.md", "07-accuracy.md", "08-delivery.md"]
 STEP_SECTIONS = ["## 目的", "## make 命令", "## 等价的纯 shell", "## PASS 的样子", "## 常见失败"]
@@ -65,7 +66,8 @@ class Block:
 
 
 def runbook_files() -> list[Path]:
-    return sorted(RUNBOOKS.glob("*.md"))
+    """Every file a person copies commands from: runbooks/*.md and the Chinese README."""
+    return sorted(RUNBOOKS.glob("*.md")) + [REPO / "README.zh.md"]
 
 
 def blocks_of(path: Path) -> list[Block]:
@@ -374,3 +376,11 @@ def test_signature_ids_named_in_runbook_tables_exist():
                 if re.fullmatch(r"[a-z0-9]+(?:-[a-z0-9]+)+", code) and code not in ids:
                     unknown.append(f"{name}: {code}")
     assert not unknown, f"runbooks name signature ids the catalog does not have: {unknown}"
+
+
+def test_chinese_readme_lists_every_documented_make_target():
+    text = (REPO / "README.zh.md").read_text(encoding="utf-8")
+    documented = re.findall(r"^([a-z0-9][a-z0-9-]*):.*## ", (REPO / "Makefile").read_text(encoding="utf-8"), re.M)
+    missing = [t for t in documented if f"`make {t}`" not in text]
+    assert not missing, f"README.zh.md's targets table lacks: {missing}"
+    assert "BENCH-NUMBERS" in text, "README.zh.md lost the marked place for bench numbers"
