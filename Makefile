@@ -51,4 +51,7 @@ stage-b: setup ## Stage B: serve with real weights, readiness, smoke, verdict (m
 diagnose: setup ## Read a server log (LOG=path): verdict, root-cause line, hint, next ladder rung
 	@scripts/diagnose.sh
 
-.PHONY: help setup demo test tiny-model triage bench hygiene stage-a stage-b diagnose
+runbooks: setup ## Regenerate runbooks/signatures.zh.md from the signature catalog
+	@scripts/runbooks.sh
+
+.PHONY: help setup demo test tiny-model triage bench hygiene stage-a stage-b diagnose runbooks

@@ -172,6 +172,34 @@ def triage_command(model: str | None, backend: str | None, as_json: bool, regist
         raise UsageError(f"{record.errors[0]}{more}", f"details in {path}")
 
 
+@cli.command("signatures-doc")
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path),
+              help="file to write (default: runbooks/signatures.zh.md)")
+@click.option("--check", is_flag=True, help="write nothing; exit 1 when the file differs from a fresh render")
+def signatures_doc_cmd(out: Path | None, check: bool) -> None:
+    """Render the Chinese failure-signature quick reference from helpers/signatures.yaml."""
+    from helpers import render_signatures
+
+    target = out or render_signatures.DEFAULT_OUT
+    text = render_signatures.render()
+    current = target.read_text(encoding="utf-8") if target.is_file() else None
+    if check:
+        if current != text:
+            state = "missing" if current is None else "out of date with helpers/signatures.yaml"
+            click.echo(f"{target} is {state}; run `make runbooks` and commit the result", err=True)
+            sys.exit(1)
+        click.echo(f"{target} matches the signature catalog")
+        return
+    if current == text:
+        click.echo(f"{target} already up to date")
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(target)
+    click.echo(f"wrote {target}")
+
+
 def main() -> None:
     try:
         cli.main(prog_name="helpers", standalone_mode=True)

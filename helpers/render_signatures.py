@@ -1,0 +1,91 @@
+"""Render the Chinese failure-signature quick reference (runbooks/signatures.zh.md) from the
+signature catalog (helpers/signatures.yaml), so the runbook and the scanner never disagree.
+
+The prose lives in templates/signatures.zh.md.j2; this module only passes the catalog to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from helpers.logscan import CATALOG_PATH, load_catalog
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+TEMPLATE_DIR = REPO_DIR / "templates"
+TEMPLATE_NAME = "signatures.zh.md.j2"
+DEFAULT_OUT = REPO_DIR / "runbooks" / "signatures.zh.md"
+# Example values the ladder commands are shown with (the runbooks use the same ones).
+EXAMPLE = {"model": "Qwen3-8B", "port": "8000", "max_model_len": "16384"}
+SEVERITY_ORDER = {"failure": 0, "evidence": 1, "info": 2}
+
+
+@dataclass
+class Entry:
+    id: str
+    category: str
+    severity: str
+    stage: str
+    regex: str
+    hint_zh: str
+    rung: str
+    rung_command: str
+    rung_why: str
+    example: str
+    generic: bool
+
+
+def _fill(text: str) -> str:
+    for key, value in EXAMPLE.items():
+        text = text.replace("{" + key + "}", value)
+    return text
+
+
+def entries(catalog_path: str | Path | None = None) -> list[Entry]:
+    catalog = load_catalog(catalog_path)
+    found: list[Entry] = []
+    for sig in catalog.signatures:
+        rung = sig.rung or "none"
+        step = catalog.rungs.get(rung, {})
+        found.append(Entry(
+            id=sig.id, category=sig.category, severity=sig.severity, stage=sig.stage, regex=sig.regex,
+            hint_zh=sig.hint_zh, rung=rung, rung_command=_fill(step.get("command", "")),
+            rung_why=_fill(step.get("why", "")), example=sig.example, generic=sig.generic,
+        ))
+    return found
+
+
+def context(catalog_path: str | Path | None = None) -> dict[str, Any]:
+    listed = entries(catalog_path)
+    groups: dict[str, list[Entry]] = {}
+    for entry in sorted(listed, key=lambda e: SEVERITY_ORDER.get(e.severity, 9)):
+        groups.setdefault(entry.category, []).append(entry)
+    catalog = load_catalog(catalog_path)
+    return {
+        "source": "helpers/signatures.yaml" if catalog_path is None else str(catalog_path),
+        "groups": groups,
+        "count": len(listed),
+        "rungs": {name: {"command": _fill(v.get("command", "")), "why": _fill(v.get("why", ""))}
+                  for name, v in catalog.rungs.items() if name != "none"},
+        "example": EXAMPLE,
+    }
+
+
+def render(catalog_path: str | Path | None = None) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+    env.filters["code"] = code
+    return env.get_template(TEMPLATE_NAME).render(**context(catalog_path))
+
+
+def code(text: str) -> str:
+    """Inline code that survives backticks and pipes inside the text."""
+    fence = "``" if "`" in text else "`"
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+__all__ = ["CATALOG_PATH", "DEFAULT_OUT", "render", "entries", "code"]
