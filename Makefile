@@ -42,4 +42,13 @@ stage-a: setup ## Stage A: serve with dummy weights, readiness, smoke, verdict
 stage-b: setup ## Stage B: serve with real weights, readiness, smoke, verdict (mandatory gate)
 	@scripts/stage.sh b
 
-.PHONY: help setup demo test tiny-model hygiene stage-a stage-b
+accuracy: setup ## Accuracy with lm-eval (TASKS, NUM_FEWSHOT, LIMIT, DATASET_DIR) -> accuracy.json
+	@scripts/accuracy.sh
+
+report: setup ## Render report.zh.md, runbook.zh.md, e2e YAML, tutorial, issue comment from evidence
+	@scripts/report.sh
+
+deliver: setup ## Copy YAML + tutorial into DELIVERY_REPO and make exactly one signed commit
+	@scripts/deliver.sh
+
+.PHONY: help setup demo test tiny-model hygiene stage-a stage-b accuracy report deliver
