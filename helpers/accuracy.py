@@ -267,6 +267,7 @@ class AccuracyRun:
         self.secrets = [settings.api_key] if settings.api_key else []
         self.run_dir: Path | None = None
         self.record: dict[str, Any] = {}
+        self.started: Server | None = None
 
     def _save(self) -> None:
         assert self.run_dir is not None
@@ -276,8 +277,6 @@ class AccuracyRun:
     def _start_server(self, progress: Progress) -> ServerChoice | None:
         """Start a Stage B server for the run; None when it never became ready (recorded)."""
         assert self.run_dir is not None
-        check_backend_installed(self.profile)
-        require_free_port(self.settings.host, self.settings.port, self.settings.runs_dir)
         served = self.settings.served_name or self.model_path.name
         plan = build_plan(
             self.profile, model_path=str(self.model_path), served_name=served, stage="b",
@@ -294,6 +293,7 @@ class AccuracyRun:
         url = base_url(self.settings.host, self.settings.port)
         self.out(f"[accuracy {self.model_name}] starting a Stage B {self.profile.name} server on {url}")
         server = Server.start(plan, log_path, self.settings.runs_dir, self.token)
+        self.started = server  # stopped in run()'s finally, also when interrupted while waiting
         choice = ServerChoice(url, served, plan.argv, False, str(self.run_dir), server.record, server)
         self.record["server"] = {"reused": False, "run_dir": str(self.run_dir), "log": "serve.log",
                                  "command": plan.shell_line(), "pid": server.pid}
@@ -349,6 +349,8 @@ class AccuracyRun:
         with open(log_path, "ab", buffering=0) as log:
             process = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.record["lm_eval"]["pid"] = process.pid
+        self._save()
         try:
             while process.poll() is None:
                 if not choice.alive():
@@ -386,6 +388,9 @@ class AccuracyRun:
             raise EnvironmentProblem("lm-eval is not installed in this Python",
                                      "run `make accuracy`, which installs lm-eval[api]==0.4.13 into the venv")
         running = find_running_server(self.settings, self.model_name)
+        if running is None:  # checked before any evidence is written: nothing to clean up
+            check_backend_installed(self.profile)
+            require_free_port(self.settings.host, self.settings.port, self.settings.runs_dir)
         self.run_dir = ev.new_run_dir(self.settings.runs_dir, self.model_name, STEP)
         self.record = {
             "schema": 1, "status": "running", "step": STEP, "model": self.model_name,
@@ -429,8 +434,8 @@ class AccuracyRun:
                 self.record["reason"] = f"interrupted by signal {signal.Signals(stop.signum).name}"
                 code = EXIT_INTERRUPTED
             finally:
-                if choice is not None and choice.server is not None:
-                    self.record["server"]["stop"] = choice.server.stop()
+                if self.started is not None:
+                    self.record.setdefault("server", {})["stop"] = self.started.stop()
                 self._finish()
         return code
 
