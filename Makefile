@@ -54,4 +54,13 @@ diagnose: setup ## Read a server log (LOG=path): verdict, root-cause line, hint,
 runbooks: setup ## Regenerate runbooks/signatures.zh.md from the signature catalog
 	@scripts/runbooks.sh
 
-.PHONY: help setup demo test tiny-model triage bench hygiene stage-a stage-b diagnose runbooks
+accuracy: setup ## Accuracy with lm-eval (TASKS, NUM_FEWSHOT, LIMIT, DATASET_DIR) -> accuracy.json
+	@scripts/accuracy.sh
+
+report: setup ## Render report.zh.md, runbook.zh.md, e2e YAML, tutorial, issue comment from evidence
+	@scripts/report.sh
+
+deliver: setup ## Copy YAML + tutorial into DELIVERY_REPO and make exactly one signed commit
+	@scripts/deliver.sh
+
+.PHONY: help setup demo test tiny-model triage bench hygiene stage-a stage-b diagnose runbooks accuracy report deliver

@@ -200,6 +200,39 @@ def signatures_doc_cmd(out: Path | None, check: bool) -> None:
     click.echo(f"wrote {target}")
 
 
+@cli.command("accuracy")
+def accuracy_cmd() -> None:
+    """lm-eval (TASKS, NUM_FEWSHOT, LIMIT, DATASET_DIR) against our server for MODEL on PORT, or a
+    Stage B server started for it; writes accuracy.json with lm-eval's metric names."""
+    from helpers.accuracy import AccuracyRun
+
+    sys.exit(AccuracyRun(_settings()).run())
+
+
+@cli.command("report")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="directory for the rendered files (default RUNS_DIR/<model>/deliverables)")
+def report_cmd(out: Path | None) -> None:
+    """Render the Chinese report and runbook, the e2e YAML, the tutorial (when DELIVERY_REPO is
+    set: its docs system decides the syntax) and the issue comment, from recorded evidence."""
+    from helpers.render import render_all
+
+    settings = _settings()
+    result = render_all(settings, out_dir=out)
+    for line in result.summary_lines():
+        click.echo(line)
+
+
+@cli.command("deliver")
+def deliver_cmd() -> None:
+    """Copy the e2e YAML and tutorial (and the nav/toctree entry) into DELIVERY_REPO and make one
+    signed commit that also holds the code changes already staged there."""
+    from helpers.deliver import deliver
+
+    for line in deliver(_settings()):
+        click.echo(line)
+
+
 def main() -> None:
     try:
         cli.main(prog_name="helpers", standalone_mode=True)

@@ -20,3 +20,13 @@ run_helper() {
 stop_servers_of_this_run() {
   "$PY" -m helpers stop --token "$BRINGUP_RUN_TOKEN" --quiet || true
 }
+
+# pip's output goes to a log (setup-pip.log in the venv); it is shown only when pip fails.
+pip_quietly() {
+  local log="$VENV/setup-pip.log"
+  if ! "$VENV/bin/pip" "$@" --quiet >>"$log" 2>&1; then
+    tail -n 30 "$log" >&2
+    echo "setup: pip $1 failed; full log: $log" >&2
+    return 1
+  fi
+}

@@ -14,16 +14,6 @@ detect_backend() {
   fi
 }
 
-# pip's output goes to a log; it is shown only when pip fails.
-pip_quietly() {
-  local log="$VENV/setup-pip.log"
-  if ! "$VENV/bin/pip" "$@" --quiet >>"$log" 2>&1; then
-    tail -n 30 "$log" >&2
-    echo "setup: pip $1 failed; full log: $log" >&2
-    return 1
-  fi
-}
-
 create_venv() {
   local backend="$1"
   if [[ "$backend" == cpu ]]; then
