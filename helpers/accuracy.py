@@ -37,7 +37,8 @@ from helpers.plan import build_plan, mask
 from helpers.readiness import LogTail, Progress, base_url, probe_ready, wait_ready
 from helpers.serve import Server, ServerRecord, recorded_servers, require_free_port
 from helpers.settings import Settings
-from helpers.stage import (SignalGuard, check_backend_installed, read_model_config, resolve_model)
+from helpers.stage import SignalGuard, check_backend_installed
+from helpers.triage import read_config, resolve_model
 
 STEP = "accuracy"
 POLL_SECONDS = 0.5
@@ -261,7 +262,7 @@ class AccuracyRun:
                              "point it at a directory of lm-eval task YAMLs and their local data files")
         self.profile = profiles.load(settings.backend)
         self.model_path = resolve_model(settings)
-        self.config = read_model_config(self.model_path)
+        self.config = read_config(self.model_path)
         self.model_name = ev.safe_name(self.model_path.name)
         self.token = os.environ.get("BRINGUP_RUN_TOKEN", f"pid-{os.getpid()}")
         self.secrets = [settings.api_key] if settings.api_key else []
