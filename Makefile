@@ -51,4 +51,32 @@ stage-b: setup ## Stage B: serve with real weights, readiness, smoke, verdict (m
 diagnose: setup ## Read a server log (LOG=path): verdict, root-cause line, hint, next ladder rung
 	@scripts/diagnose.sh
 
+ep: setup ## Feature EP: --enable-expert-parallel (MoE only; else NOT_APPLICABLE, no server)
+	@scripts/gate.sh ep
+
+flashcomm1: setup ## Feature flashcomm1 (MoE, vllm-ascend; switched on as the installed version wants)
+	@scripts/gate.sh flashcomm1
+
+mtp: setup ## Feature MTP: speculative config when the checkpoint has MTP layers
+	@scripts/gate.sh mtp
+
+eager: setup ## Isolation: --enforce-eager (evidence that graph mode is off)
+	@scripts/gate.sh eager
+
+dynamo-fallback: setup ## Isolation: TORCHDYNAMO_DISABLE=1
+	@scripts/gate.sh dynamo-fallback
+
+text-only: setup ## Isolation for VL models: --limit-mm-per-prompt with every modality at 0
+	@scripts/gate.sh text-only
+
+ladder: setup ## Fallback ladder: reproduce, eager, dynamo-disable, text-only; stops at the first PASS
+	@scripts/ladder.sh
+
+matrix: setup ## Feature matrix from recorded evidence -> runs/<model>/matrix.json and matrix.md
+	@scripts/matrix.sh
+
+all-features: setup ## Stage A, Stage B, ep, flashcomm1, mtp, then the matrix (continues past failures)
+	@scripts/all_features.sh
+
 .PHONY: help setup demo test tiny-model triage bench hygiene stage-a stage-b diagnose
+.PHONY: ep flashcomm1 mtp eager dynamo-fallback text-only ladder matrix all-features
