@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, base_env, free_port, run_cli
+from conftest import REPO, base_env, free_port_between, run_cli
 from helpers import matrix, tinymodel
 
 SCHEMA_ROW = {"status", "category4", "evidence_line", "log", "run_dir", "stage", "reason"}
@@ -24,7 +24,7 @@ def recorded(tmp_path_factory):
     runs = root / "runs"
     model = tinymodel.generate(root / "tiny-moe", weights="dummy", spec=tinymodel.TinySpec(kind="moe"))
     env = base_env(runs, BRINGUP_PROFILE_DIR=str(REPO / "tests/fixtures/profiles"), BACKEND="fake",
-                   MODEL=str(model), PORT=str(free_port()), READY_TIMEOUT="60", STALL_TIMEOUT="30",
+                   MODEL=str(model), PORT=str(free_port_between(18440, 18499)), READY_TIMEOUT="60", STALL_TIMEOUT="30",
                    REQUEST_TIMEOUT="30")
     steps = [(["stage", "--stage", "a"], {}), (["stage", "--stage", "b"], {"FAKE_MODE": "false-ready"}),
              (["gate", "ep"], {}), (["gate", "flashcomm1"], {}), (["gate", "mtp"], {}), (["gate", "eager"], {}),
@@ -128,3 +128,12 @@ def test_nothing_recorded_is_not_run_everywhere(tmp_path):
     assert {row["status"] for row in data["features"].values()} == {"NOT_RUN"}
     assert matrix.exit_code(data) == 1
     assert "| aclgraph | NOT_RUN | not-run |" in matrix.render_markdown(data)
+
+
+def test_all_features_verdict_ignores_isolation_switches(tmp_path):
+    runs = tmp_path / "m"
+    write(runs, _ascend("stage-b", "2026-08-14T10:00:00+00:00", {"name": "ACLGraph", "status": "PASS", "line": "Replaying aclgraph"}))
+    write(runs, _ascend("eager", "2026-08-14T11:00:00+00:00", None, ["--enforce-eager"], verdict="FAIL"))
+    data = matrix.build_matrix(runs, "m")
+    assert data["features"]["eager"]["status"] == "FAIL"
+    assert matrix.exit_code(data) == 0, "Stage B and every run default feature passed; the rest were not run"

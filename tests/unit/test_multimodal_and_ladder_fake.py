@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, base_env, free_port, run_cli
+from conftest import REPO, base_env, free_port_between, run_cli
 from helpers import tinymodel
 
 
 def fake_env(runs_dir: Path, model: Path, **extra: str) -> dict[str, str]:
     return base_env(runs_dir, BRINGUP_PROFILE_DIR=str(REPO / "tests/fixtures/profiles"), BACKEND="fake",
-                    MODEL=str(model), PORT=str(free_port()), READY_TIMEOUT="60", STALL_TIMEOUT="30",
+                    MODEL=str(model), PORT=str(free_port_between(18440, 18499)), READY_TIMEOUT="60", STALL_TIMEOUT="30",
                     REQUEST_TIMEOUT="30", STAGE="a", **extra)
 
 
