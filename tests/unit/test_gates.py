@@ -172,9 +172,10 @@ GOLDEN = {
     "flashcomm1@0.20": f"{BASE} {TAIL} --additional-config '{{\"enable_flashcomm1\":true}}' --enable-expert-parallel",
     "mtp": f"{BASE} {TAIL} --speculative-config '{{\"method\":\"mtp\",\"num_speculative_tokens\":1}}'",
     "eager": f"{BASE} {TAIL} --enforce-eager",
-    "dynamo-fallback": f"TORCHDYNAMO_DISABLE=1 {BASE} {TAIL}".replace(
-        "TORCHDYNAMO_DISABLE=1 HCCL_OP_EXPANSION_MODE=AIV VLLM_ASCEND_ENABLE_FLASHCOMM1=0",
-        "HCCL_OP_EXPANSION_MODE=AIV VLLM_ASCEND_ENABLE_FLASHCOMM1=0 TORCHDYNAMO_DISABLE=1"),
+    "dynamo-fallback": ("HCCL_OP_EXPANSION_MODE=AIV VLLM_ASCEND_ENABLE_FLASHCOMM1=0 TORCHDYNAMO_DISABLE=1 "
+                        "VLLM_USE_AOT_COMPILE=0 vllm serve /models/Qwen3-30B-A3B --served-model-name Qwen3-30B-A3B "
+                        "--trust-remote-code --dtype bfloat16 --max-model-len 32768 --tensor-parallel-size 8 "
+                        f"--max-num-seqs 16 {TAIL}"),
     "text-only": f"{BASE} {TAIL} --limit-mm-per-prompt '{{\"image\":0,\"video\":0,\"audio\":0}}'",
 }
 
