@@ -137,3 +137,23 @@ def test_all_features_verdict_ignores_isolation_switches(tmp_path):
     data = matrix.build_matrix(runs, "m")
     assert data["features"]["eager"]["status"] == "FAIL"
     assert matrix.exit_code(data) == 0, "Stage B and every run default feature passed; the rest were not run"
+
+
+def test_all_features_continues_past_a_failed_stage_and_exits_1(tmp_path, runs_dir):
+    """scripts/all_features.sh with the fake launcher: both stages false-ready, every gate still runs."""
+    import subprocess
+
+    model = tmp_path / "fm"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["FakeForCausalLM"]}))
+    env = base_env(runs_dir, BRINGUP_PROFILE_DIR=str(REPO / "tests/fixtures/profiles"), BACKEND="fake",
+                   MODEL=str(model), PORT=str(free_port_between(18440, 18499)), READY_TIMEOUT="60",
+                   FAKE_MODE="false-ready")
+    result = subprocess.run([str(REPO / "scripts/all_features.sh")], env=env, cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1, result.stdout + result.stderr
+    order = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith("== ")]
+    assert order == ["a", "b", "ep", "flashcomm1", "mtp", "matrix"]
+    data = json.loads((runs_dir / "fm" / "matrix.json").read_text())
+    assert data["stages"]["stage-b"]["status"] == "FAIL"
+    assert {data["features"][f]["status"] for f in ("ep", "flashcomm1", "mtp")} == {"NOT_APPLICABLE"}
