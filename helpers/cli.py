@@ -232,6 +232,47 @@ def deliver_cmd() -> None:
     for line in deliver(_settings()):
         click.echo(line)
 
+@cli.command("gate")
+@click.argument("name")
+def gate_cmd(name: str) -> None:
+    """Feature gate NAME (ep, flashcomm1, mtp, eager, dynamo-fallback, text-only) on MODEL.
+
+    Exit 0 for PASS and for a no-run verdict (NOT_APPLICABLE, CHECKPOINT_MISSING,
+    FRAMEWORK_UNSUPPORTED), 1 for FAIL, 130 when interrupted.
+    """
+    from helpers import gates
+
+    settings = _settings()
+    code, record = gates.run_gate(settings, name)
+    _write_junit(settings, [record])
+    sys.exit(code)
+
+
+@cli.command("ladder")
+def ladder_cmd() -> None:
+    """The fallback ladder on MODEL: reproduce, eager, dynamo-disable, text-only; stop at the first PASS."""
+    from helpers import ladder
+
+    settings = _settings()
+    code, summary = ladder.run_ladder(settings)
+    _write_junit(settings, summary.get("records", []))
+    sys.exit(code)
+
+
+@cli.command("matrix")
+@click.option("--exit-code", "exit_code", is_flag=True,
+              help="exit 1 when Stage B or an applicable feature failed (for make all-features)")
+def matrix_cmd(exit_code: bool) -> None:
+    """Aggregate the latest recorded evidence of MODEL into matrix.json and matrix.md."""
+    from helpers import matrix
+
+    settings = _settings()
+    data, json_path, md_path = matrix.write_matrix(settings)
+    click.echo(matrix.render_terminal(data))
+    click.echo(f"matrix: {json_path}\n        {md_path}")
+    if exit_code:
+        sys.exit(matrix.exit_code(data))
+
 
 def main() -> None:
     try:

@@ -127,6 +127,9 @@ class StageRun:
         self.scanner = LogScanner()
         self.tail: LogTail | None = None
         self.t0 = time.monotonic()
+        # A feature gate's own check of the finished record (its evidence in the log); runs
+        # before the verdict is printed, so the one verdict line a user sees is the final one.
+        self.post_check: Callable[["StageRun"], None] | None = None
 
     # ------------------------------------------------------------------ evidence
     def _save(self) -> None:
@@ -347,6 +350,8 @@ class StageRun:
         if rec["verdict"] is None:
             rec["verdict"], rec["category"] = "FAIL", "internal"
             rec["reason"] = "the run ended before a verdict (see serve.log)"
+        if self.post_check is not None and rec["verdict"] != "INTERRUPTED":
+            self.post_check(self)
         rec["exit_code"] = self.exit_code()
         self._save()
         assert self.run_dir is not None

@@ -1,0 +1,246 @@
+"""`make ladder`: the workflow's fallback ladder, rung by rung, until one passes.
+
+Rungs are data (helpers/ladder.yaml). Each rung is a normal stage run (step `ladder-<rung>`) with
+its own evidence. The summary (stdout and RUNS_DIR/<model>/<stamp>-ladder/ladder.json, linked as
+latest-ladder) says which rung fixed the failure, whether the first failure reproduced with the
+same signature, and whether the failure moved between rungs (e.g. from the processor to the
+model core).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from helpers import evidence as ev
+from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, UsageError
+from helpers.plan import Variant
+from helpers.settings import Settings
+
+LADDER_PATH = Path(__file__).resolve().parent / "ladder.yaml"
+WHEN = ("always", "dynamo-related", "multimodal")
+
+
+@dataclass
+class Rung:
+    id: str
+    why: str = ""
+    when: str = "always"
+    flags: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    variant: str = ""
+
+    def to_variant(self) -> Variant:
+        name = self.variant or (self.id if (self.flags or self.env) else "base")
+        return Variant(name=name, flags=list(self.flags), env=dict(self.env))
+
+
+@dataclass
+class LadderSpec:
+    rungs: list[Rung]
+    dynamo_related: re.Pattern
+
+
+def load_spec(path: Path | None = None) -> LadderSpec:
+    path = path or LADDER_PATH
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    rungs = [Rung(**entry) for entry in data.get("rungs") or []]
+    for rung in rungs:
+        if rung.when not in WHEN:
+            raise UsageError(f"{path.name}: rung {rung.id} has when={rung.when!r}", f"use one of {WHEN}")
+    return LadderSpec(rungs=rungs, dynamo_related=re.compile(data.get("dynamo_related") or r"dynamo"))
+
+
+# --- signatures ---------------------------------------------------------------------------------
+
+def signature_of(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What identifies a failure across runs (pids and timestamps differ; these do not)."""
+    if not record or record.get("verdict") in (None, "PASS"):
+        return None
+    cause = record.get("root_cause") or {}
+    text = str(cause.get("text") or "")
+    # Drop the vLLM prefix `(Worker pid=N) ERROR MM-DD HH:MM:SS [file:line]` so equal causes compare equal.
+    text = re.sub(r"^\(\S+ pid=\d+\) [A-Z]+ \d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? \[[^\]]*\] ?", "", text).strip()
+    return {"category": record.get("category"), "sig_id": cause.get("sig_id"),
+            "exception": cause.get("exception"), "text": text[:300]}
+
+
+def same_signature(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    keys = ("category", "sig_id", "exception")
+    if any(a.get(k) != b.get(k) for k in keys):
+        return False
+    return a.get("sig_id") is not None or a.get("text") == b.get("text")
+
+
+def describe(sig: dict[str, Any] | None) -> str:
+    if sig is None:
+        return "no failure"
+    what = sig.get("sig_id") or sig.get("exception") or "unknown cause"
+    return f"[{sig.get('category')}] {what}: {sig.get('text') or ''}".strip()
+
+
+def dynamo_related(records: list[dict[str, Any]], pattern: re.Pattern) -> str:
+    """The line that makes a failure dynamo-related ('' when none does)."""
+    for record in records:
+        for hit in record.get("signatures") or []:
+            if hit.get("rung") == "dynamo-disable":
+                return str(hit.get("text") or hit.get("sig_id"))
+        cause = record.get("root_cause") or {}
+        for text in (cause.get("text"), cause.get("exception"), record.get("reason")):
+            if text and pattern.search(str(text)):
+                return str(text)
+    return ""
+
+
+def rung_applies(rung: Rung, *, multimodal: bool, failed: list[dict[str, Any]], spec: LadderSpec,
+                 dynamo_mode: str) -> tuple[bool, str]:
+    if rung.when == "always":
+        return True, "always"
+    if rung.when == "multimodal":
+        return (True, "multimodal model") if multimodal else (False, "text-only model: no multimodal path to isolate")
+    if dynamo_mode == "always":
+        return True, "LADDER_DYNAMO=always"
+    line = dynamo_related(failed, spec.dynamo_related)
+    if line:
+        return True, f"dynamo-related failure: {line[:160]}"
+    return False, "the failure is not dynamo-related (set LADDER_DYNAMO=always to try it anyway)"
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def _latest_record(model_runs: Path, step: str) -> dict[str, Any] | None:
+    path = model_runs / f"latest-{step}" / "evidence.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def summarise(summary: dict[str, Any]) -> None:
+    """Fill fixed_by, deterministic and moved from the rung rows (pure; used after every rung)."""
+    ran = [r for r in summary["rungs"] if r.get("verdict") not in (None, "SKIPPED")]
+    passed = next((r for r in ran if r["verdict"] == "PASS"), None)
+    summary["fixed_by"] = passed["rung"] if passed else None
+    reproduce = next((r for r in ran if r["rung"] == "reproduce"), None)
+    original = summary.get("original")
+    if original is None or original.get("signature") is None or reproduce is None:
+        summary["deterministic"] = None
+        summary["deterministic_note"] = ("no earlier failing run of this stage to compare with" if original is None
+                                         or original.get("signature") is None else "the reproduce rung did not run")
+    elif reproduce["verdict"] == "PASS":
+        summary["deterministic"] = False
+        summary["deterministic_note"] = "the same command passed on the reproduce rung: the failure is not deterministic"
+    else:
+        same = same_signature(original["signature"], reproduce["signature"])
+        summary["deterministic"] = same
+        summary["deterministic_note"] = ("same signature as " + original["run_dir"] if same else
+                                         f"different signature: {describe(original['signature'])} then "
+                                         f"{describe(reproduce['signature'])}")
+    moves = []
+    failing = [r for r in ran if r["verdict"] != "PASS"]
+    for before, after in zip(failing, failing[1:]):
+        if not same_signature(before["signature"], after["signature"]):
+            moves.append({"from_rung": before["rung"], "to_rung": after["rung"],
+                          "from": describe(before["signature"]), "to": describe(after["signature"])})
+    summary["moved"] = moves
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    lines = [f"ladder {summary['model']} (stage {summary['stage'].upper()}):"]
+    for row in summary["rungs"]:
+        if row["verdict"] == "SKIPPED":
+            lines.append(f"  {row['rung']:15s} skipped: {row['reason']}")
+            continue
+        text = f"  {row['rung']:15s} {row['verdict']}"
+        if row["verdict"] != "PASS":
+            text += f" {describe(row['signature'])[:160]}"
+        lines.append(text + f"\n  {'':15s} evidence: {row['run_dir']}")
+    if summary["fixed_by"]:
+        lines.append(f"fixed by rung: {summary['fixed_by']}")
+    else:
+        lines.append("no rung passed: map the signature to a known-good implementation and patch minimally")
+    lines.append(f"deterministic: {summary['deterministic']} ({summary['deterministic_note']})")
+    for move in summary["moved"]:
+        lines.append(f"failure moved: {move['from_rung']} {move['from'][:120]} -> {move['to_rung']} {move['to'][:120]}")
+    if not summary["moved"] and len([r for r in summary["rungs"] if r["verdict"] not in ("PASS", "SKIPPED")]) > 1:
+        lines.append("failure moved: no (the same signature on every failing rung)")
+    return "\n".join(lines)
+
+
+def run_ladder(settings: Settings, out: Callable[[str], None] | None = None,
+               spec: LadderSpec | None = None) -> tuple[int, dict[str, Any]]:
+    from helpers.stage import StageRequest, StageRun, config_is_multimodal
+    from helpers.triage import read_config, resolve_model
+
+    out = out or (lambda line: print(line, flush=True))
+    spec = spec or load_spec()
+    dynamo_mode = (settings.get("LADDER_DYNAMO", "auto").strip().lower() or "auto")
+    if dynamo_mode not in ("auto", "always"):
+        raise UsageError(f"LADDER_DYNAMO={dynamo_mode!r} is unknown", "use auto or always")
+    model_dir = resolve_model(settings)
+    multimodal = config_is_multimodal(read_config(model_dir))
+    name = ev.safe_name(model_dir.name)
+    model_runs = ev.model_runs_dir(settings.runs_dir, name)
+    first = _latest_record(model_runs, f"stage-{settings.stage}")
+    original = None
+    if first is not None:
+        original = {"step": first.get("step"), "run_dir": first.get("run_dir"), "verdict": first.get("verdict"),
+                    "signature": signature_of(first)}
+    summary_dir = ev.new_run_dir(settings.runs_dir, name, "ladder")
+    summary: dict[str, Any] = {"schema": 1, "status": "running", "model": name, "model_path": str(model_dir),
+                               "stage": settings.stage, "multimodal": multimodal, "dynamo_mode": dynamo_mode,
+                               "started_at": ev.utc_iso(), "finished_at": None, "original": original,
+                               "rungs": [], "fixed_by": None, "deterministic": None, "deterministic_note": "",
+                               "moved": [], "run_dir": str(summary_dir)}
+    records: list[dict[str, Any]] = []
+    code = EXIT_FAIL
+
+    def save() -> None:
+        summarise(summary)
+        ev.atomic_write_json(summary_dir / "ladder.json", summary)
+
+    save()
+    if original and original["verdict"] == "FAIL":
+        out(f"ladder: earlier {original['step']} failed: {describe(original['signature'])[:160]}")
+    try:
+        for rung in spec.rungs:
+            failed = [r for r in records if r.get("verdict") != "PASS"]
+            applies, why = rung_applies(rung, multimodal=multimodal, failed=failed, spec=spec,
+                                        dynamo_mode=dynamo_mode)
+            if not applies:
+                summary["rungs"].append({"rung": rung.id, "step": f"ladder-{rung.id}", "verdict": "SKIPPED",
+                                         "category": None, "run_dir": None, "signature": None, "reason": why})
+                save()
+                continue
+            out(f"ladder rung {rung.id}: {rung.why}")
+            run = StageRun(settings, StageRequest(step=f"ladder-{rung.id}", stage=settings.stage,
+                                                  variant=rung.to_variant()), out=out)
+            rung_code = run.run()
+            record = run.record
+            records.append(record)
+            summary["rungs"].append({"rung": rung.id, "step": f"ladder-{rung.id}", "verdict": record.get("verdict"),
+                                     "category": record.get("category"), "run_dir": record.get("run_dir"),
+                                     "signature": signature_of(record), "reason": record.get("reason"),
+                                     "variant": {"flags": rung.flags, "env": rung.env}, "applies_because": why})
+            save()
+            if rung_code == EXIT_INTERRUPTED:
+                code = EXIT_INTERRUPTED
+                break
+            if record.get("verdict") == "PASS":
+                code = EXIT_PASS
+                break
+    finally:
+        summary["status"] = "done" if code != EXIT_INTERRUPTED else "interrupted"
+        summary["finished_at"] = ev.utc_iso()
+        save()
+        ev.point_latest(summary_dir, "ladder")
+    out(render_summary(summary) + f"\nladder.json: {summary_dir / 'ladder.json'}")
+    summary["records"] = records
+    return code, summary

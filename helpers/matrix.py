@@ -1,0 +1,266 @@
+"""`make matrix`: the feature matrix of one model from recorded evidence only.
+
+Reads RUNS_DIR/<model>/latest-<step>/evidence.json (and every run's evidence.json for false-ready
+cases, latest-ladder/ladder.json for the ladder), never starts anything, and writes matrix.json
+(schema in the project notes; key names are a contract with the report renderer) and matrix.md
+(templates/matrix.md.j2). A feature never run shows as NOT_RUN.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from helpers import evidence as ev
+from helpers.settings import REPO_ROOT, Settings
+
+FEATURES = ("aclgraph", "ep", "flashcomm1", "mtp", "multimodal", "eager", "dynamo-fallback", "text-only")
+# The workflow's default feature set (make all-features); the rest are isolation switches.
+DEFAULT_SET = ("aclgraph", "ep", "flashcomm1", "mtp", "multimodal")
+GATE_STEPS = ("ep", "flashcomm1", "mtp", "eager", "dynamo-fallback", "text-only")
+# Steps whose graph check can stand for ACLGraph (every non-eager stage run).
+GRAPH_STEPS = ("stage-b", "stage-a", "ep", "flashcomm1", "mtp", "dynamo-fallback", "text-only")
+CATEGORY4 = {
+    "PASS": "supported-verified",
+    "FAIL": "failed",
+    "INTERRUPTED": "failed",
+    "NOT_APPLICABLE": "not-applicable",
+    "CHECKPOINT_MISSING": "checkpoint-missing",
+    "FRAMEWORK_UNSUPPORTED": "framework-unsupported",
+    "NOT_RUN": "not-run",
+}
+TEMPLATE = "matrix.md.j2"
+
+
+def read_latest(model_runs: Path, step: str) -> dict[str, Any] | None:
+    path = model_runs / f"latest-{step}" / "evidence.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _log_path(record: dict[str, Any]) -> str | None:
+    if not record.get("log") or not record.get("run_dir"):
+        return None
+    return str(Path(record["run_dir"]) / record["log"])
+
+
+def _row(status: str, *, evidence_line: str | None = None, record: dict[str, Any] | None = None,
+         reason: str | None = None) -> dict[str, Any]:
+    return {"status": status, "category4": CATEGORY4.get(status, "failed"),
+            "evidence_line": evidence_line,
+            "log": _log_path(record) if record else None,
+            "run_dir": record.get("run_dir") if record else None,
+            "stage": record.get("stage") if record else None,
+            "reason": reason}
+
+
+def not_run(reason: str) -> dict[str, Any]:
+    return _row("NOT_RUN", reason=reason)
+
+
+def _requests_line(record: dict[str, Any]) -> str:
+    parts = [f"{r.get('kind')} {r.get('status')}" for r in record.get("requests") or []]
+    return "; ".join(parts)
+
+
+def stage_row(record: dict[str, Any] | None, step: str) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    verdict = record.get("verdict") or "FAIL"
+    if verdict == "PASS":
+        ready = (record.get("readiness") or {}).get("ready_line")
+        line = f"ready (serve.log line {ready}); {_requests_line(record)}"
+    else:
+        cause = record.get("root_cause") or {}
+        line = cause.get("text") or record.get("reason")
+    return _row(verdict, evidence_line=line, record=record, reason=record.get("reason"))
+
+
+def gate_row(record: dict[str, Any] | None, step: str) -> dict[str, Any]:
+    if record is None:
+        return not_run(f"no recorded `make {step}` run")
+    verdict = record.get("verdict") or "FAIL"
+    found = record.get("feature_evidence") or {}
+    line = found.get("line")
+    if line is None and verdict == "FAIL":
+        line = ((record.get("gate_failure") or {}).get("line") or (record.get("root_cause") or {}).get("text"))
+    return _row(verdict, evidence_line=line, record=record, reason=record.get("reason"))
+
+
+def _finished(record: dict[str, Any]) -> str:
+    return str(record.get("finished_at") or record.get("started_at") or "")
+
+
+def aclgraph_row(records: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """From the graph check of the most recent non-eager stage run that has one."""
+    candidates = []
+    for step in GRAPH_STEPS:
+        record = records.get(step)
+        if not record or not record.get("graph"):
+            continue
+        argv = (record.get("command") or {}).get("argv") or []
+        if "--enforce-eager" in argv:
+            continue
+        candidates.append(record)
+    if not candidates:
+        return not_run("no non-eager stage run with a graph check recorded")
+    record = max(candidates, key=_finished)
+    graph = record["graph"]
+    status = graph.get("status") or "FAIL"
+    return _row(status, evidence_line=graph.get("line"), record=record,
+                reason=graph.get("reason") or f"graph check of {record.get('step')}")
+
+
+def multimodal_row(records: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The text+image request of the latest Stage B (else Stage A) run."""
+    for step in ("stage-b", "stage-a"):
+        record = records.get(step)
+        if record is None:
+            continue
+        if not record.get("multimodal"):
+            return _row("NOT_APPLICABLE", record=record, reason="text-only model: no vision/audio config",
+                        evidence_line=None)
+        image = next((r for r in record.get("requests") or [] if r.get("kind") == "image"), None)
+        if image is None:
+            return _row("FAIL", record=record, reason=f"{step} sent no image request (server not ready or died first)",
+                        evidence_line=(record.get("root_cause") or {}).get("text"))
+        if image.get("ok"):
+            return _row("PASS", record=record, reason=f"{step}: text+image request answered",
+                        evidence_line=f"image {image.get('status')}: {str(image.get('content'))[:120]!r}")
+        return _row("FAIL", record=record, reason=f"{step}: image request failed: {image.get('error')}",
+                    evidence_line=f"image {image.get('status')}: {image.get('error')}")
+    return not_run("no Stage A / Stage B run recorded")
+
+
+def _check_status(record: dict[str, Any] | None, check: str) -> str:
+    if record is None:
+        return "NOT_RUN"
+    if check == "startup":
+        readiness = record.get("readiness") or {}
+        return "PASS" if readiness.get("state") == "ready" else "FAIL"
+    if check == "graph":
+        graph = record.get("graph")
+        return (graph or {}).get("status") or "NOT_RUN"
+    if check == "image" and not record.get("multimodal"):
+        return "NOT_APPLICABLE"
+    request = next((r for r in record.get("requests") or [] if r.get("kind") == check), None)
+    if request is None:
+        return "NOT_RUN"
+    return "PASS" if request.get("ok") else "FAIL"
+
+
+def dummy_vs_real(stage_a: dict[str, Any] | None, stage_b: dict[str, Any] | None) -> list[dict[str, Any]]:
+    rows = []
+    for check in ("startup", "text", "stream", "image", "graph"):
+        a, b = _check_status(stage_a, check), _check_status(stage_b, check)
+        if a == b == "PASS":
+            note = "both"
+        elif a == "PASS" and b == "FAIL":
+            note = "disagree: dummy weights passed, real weights failed (a real-only risk: weights, dequantisation, sharding)"
+        elif a == "FAIL" and b == "PASS":
+            note = "disagree: Stage A failed, Stage B passed"
+        elif b == "PASS":
+            note = "only Stage B proved it"
+        elif a == "PASS":
+            note = "only Stage A (dummy) proved it; dummy evidence never signs off"
+        elif a == b == "NOT_APPLICABLE":
+            note = "not applicable"
+        elif a == b == "FAIL":
+            note = "both failed"
+        else:
+            note = "not proved"
+        rows.append({"check": check, "stage_a": a, "stage_b": b, "note": note})
+    return rows
+
+
+def false_ready_cases(model_runs: Path) -> list[dict[str, Any]]:
+    cases = []
+    for path in sorted(model_runs.glob("*/evidence.json")):
+        if path.parent.is_symlink():
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("category") != "false-ready":
+            continue
+        cause = record.get("root_cause") or {}
+        cases.append({"step": record.get("step"), "run_dir": str(path.parent),
+                      "root_cause": cause.get("text") or record.get("reason"), "line_no": cause.get("line_no")})
+    return cases
+
+
+def ladder_rows(model_runs: Path) -> list[dict[str, Any]]:
+    try:
+        summary = json.loads((model_runs / "latest-ladder" / "ladder.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [{"rung": r.get("rung"), "verdict": r.get("verdict"), "run_dir": r.get("run_dir"),
+             "category": r.get("category")} for r in summary.get("rungs") or []]
+
+
+def build_matrix(model_runs: Path, model: str, backend: str = "") -> dict[str, Any]:
+    steps = ("stage-a", "stage-b") + GATE_STEPS
+    records = {step: read_latest(model_runs, step) for step in steps}
+    backend = backend or next((r["backend"] for r in records.values() if r and r.get("backend")), "")
+    features: dict[str, dict[str, Any]] = {"aclgraph": aclgraph_row(records)}
+    for step in ("ep", "flashcomm1", "mtp"):
+        features[step] = gate_row(records[step], step)
+    features["multimodal"] = multimodal_row(records)
+    for step in ("eager", "dynamo-fallback", "text-only"):
+        features[step] = gate_row(records[step], step)
+    return {
+        "model": model,
+        "generated_at": ev.utc_iso(),
+        "backend": backend,
+        "stages": {"stage-a": stage_row(records["stage-a"], "stage-a"),
+                   "stage-b": stage_row(records["stage-b"], "stage-b")},
+        "features": {name: features[name] for name in FEATURES},
+        "dummy_vs_real": dummy_vs_real(records["stage-a"], records["stage-b"]),
+        "false_ready": false_ready_cases(model_runs),
+        "ladder": ladder_rows(model_runs),
+    }
+
+
+def exit_code(data: dict[str, Any]) -> int:
+    """1 when Stage B did not pass or a feature of the default set failed (all-features' verdict);
+    the isolation switches (eager, dynamo-fallback, text-only) are diagnostics, not features."""
+    stage_b = data["stages"].get("stage-b")
+    if not stage_b or stage_b["status"] != "PASS":
+        return 1
+    return 1 if any(data["features"][name]["status"] in ("FAIL", "INTERRUPTED") for name in DEFAULT_SET) else 0
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(REPO_ROOT / "templates")),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.filters["cell"] = lambda value: "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+    return env.get_template(TEMPLATE).render(m=data)
+
+
+def render_terminal(data: dict[str, Any]) -> str:
+    lines = [f"matrix {data['model']} ({data['backend']})"]
+    for name, row in data["stages"].items():
+        lines.append(f"  {name:16s} {row['status'] if row else 'NOT_RUN'}")
+    for name, row in data["features"].items():
+        lines.append(f"  {name:16s} {row['status']:22s} {row['category4']}")
+    return "\n".join(lines)
+
+
+def write_matrix(settings: Settings) -> tuple[dict[str, Any], Path, Path]:
+    from helpers.triage import resolve_model
+
+    model_dir = resolve_model(settings)
+    name = ev.safe_name(model_dir.name)
+    model_runs = ev.model_runs_dir(settings.runs_dir, name)
+    data = build_matrix(model_runs, name, settings.backend)
+    json_path, md_path = model_runs / "matrix.json", model_runs / "matrix.md"
+    ev.atomic_write_json(json_path, data)
+    ev.atomic_write_text(md_path, render_markdown(data))
+    return data, json_path, md_path

@@ -1,0 +1,92 @@
+"""Feature gates and the fallback ladder against the real vLLM CPU server, through make.
+
+Four tests, five server starts: EP on a tiny MoE, eager and dynamo-fallback on the tiny dense
+model (real weights, STAGE=b), and a ladder whose first rung fails and whose eager rung passes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import base_env, free_port_between, latest_run, run_make
+from helpers import serve, tinymodel
+
+pytestmark = pytest.mark.slow
+
+# vLLM 0.32 resolves a compile backend given as a dotted name only when it compiles: with this
+# backend (a module that does not exist) torch.compile fails at model init
+# (`ModuleNotFoundError: No module named 'bringup_no_such_module'`), while --enforce-eager sets
+# the compilation mode to NONE and never resolves it. A test-only EXTRA_ARGS: the CPU backend has
+# no natural failure that only the compiled path hits.
+BROKEN_COMPILE = "--compilation-config '{\"mode\":2,\"backend\":\"bringup_no_such_module.backend\"}'"
+
+
+@pytest.fixture(scope="module")
+def tiny_moe(tmp_path_factory) -> Path:
+    return tinymodel.generate(tmp_path_factory.mktemp("models") / "tiny-moe", spec=tinymodel.TinySpec(kind="moe"))
+
+
+def evidence(run_dir: Path) -> dict:
+    return json.loads((run_dir / "evidence.json").read_text())
+
+
+def check_stopped(record: dict) -> None:
+    assert not serve.group_members(record["server"]["pgid"]), "no process of the server group may survive"
+
+
+def test_ep_on_a_tiny_moe_passes_with_ep_evidence_from_the_log(runs_dir, tiny_moe):
+    env = base_env(runs_dir, MODEL=str(tiny_moe), PORT=str(free_port_between(18400, 18439)))
+    result = run_make("ep", env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    record = evidence(latest_run(runs_dir, "tiny-moe", "ep"))
+    assert record["verdict"] == "PASS" and record["stage"] == "b"
+    assert "--enable-expert-parallel" in record["command"]["argv"]
+    found = record["feature_evidence"]
+    assert found["key"] == "expert_parallel" and found["line_no"] > 0
+    log_lines = (Path(record["run_dir"]) / "serve.log").read_text().splitlines()
+    assert log_lines[found["line_no"] - 1] == found["line"]
+    assert "EP rank" in found["line"] or "'enable_expert_parallel': True" in found["line"]
+    assert record["log_evidence"]["non_default_args"]["enable_expert_parallel"] is True
+    check_stopped(record)
+
+
+def test_eager_and_dynamo_fallback_pass_and_show_the_option_took_effect(runs_dir, tiny_dense):
+    env = base_env(runs_dir, MODEL=str(tiny_dense), PORT=str(free_port_between(18400, 18439)))
+    result = run_make("eager", env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    eager = evidence(latest_run(runs_dir, "tiny-dense", "eager"))
+    assert eager["verdict"] == "PASS" and "--enforce-eager" in eager["command"]["argv"]
+    assert "enforce_eager=True" in eager["feature_evidence"]["line"] or \
+        "eager" in eager["feature_evidence"]["line"].lower()
+    check_stopped(eager)
+
+    result = run_make("dynamo-fallback", env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    dynamo = evidence(latest_run(runs_dir, "tiny-dense", "dynamo-fallback"))
+    assert dynamo["verdict"] == "PASS"
+    assert dynamo["command"]["env"]["TORCHDYNAMO_DISABLE"] == "1"
+    assert dynamo["feature_evidence"]["env"] == {"TORCHDYNAMO_DISABLE": "1"}
+    log = (Path(dynamo["run_dir"]) / "serve.log").read_text()
+    assert "AOT compiled function" not in log and "Dynamo bytecode transform time" not in log
+    assert "export TORCHDYNAMO_DISABLE=1" in (Path(dynamo["run_dir"]) / "command.sh").read_text()
+    check_stopped(dynamo)
+
+
+def test_ladder_fails_the_first_rung_and_passes_with_eager(runs_dir, tiny_dense):
+    env = base_env(runs_dir, MODEL=str(tiny_dense), PORT=str(free_port_between(18400, 18439)),
+                   EXTRA_ARGS=BROKEN_COMPILE)
+    result = run_make("ladder", env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((runs_dir / "tiny-dense" / "latest-ladder" / "ladder.json").read_text())
+    assert [(r["rung"], r["verdict"]) for r in summary["rungs"]] == [("reproduce", "FAIL"), ("eager", "PASS")]
+    assert summary["fixed_by"] == "eager"
+    reproduce = evidence(Path(summary["rungs"][0]["run_dir"]))
+    assert "bringup_no_such_module" in reproduce["root_cause"]["text"]
+    assert summary["rungs"][0]["signature"]["exception"] == "ModuleNotFoundError"
+    eager = evidence(Path(summary["rungs"][1]["run_dir"]))
+    assert eager["command"]["argv"][-1] == "--enforce-eager" or "--enforce-eager" in eager["command"]["argv"]
+    assert "fixed by rung: eager" in result.stdout
+    check_stopped(eager)
