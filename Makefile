@@ -42,4 +42,7 @@ stage-a: setup ## Stage A: serve with dummy weights, readiness, smoke, verdict
 stage-b: setup ## Stage B: serve with real weights, readiness, smoke, verdict (mandatory gate)
 	@scripts/stage.sh b
 
-.PHONY: help setup demo test tiny-model hygiene stage-a stage-b
+capacity: setup ## Capacity: baseline max-model-len x max-num-seqs, SWEEP cells, theoretical vs practical max length
+	@scripts/capacity.sh
+
+.PHONY: help setup demo test tiny-model hygiene stage-a stage-b capacity
