@@ -108,26 +108,33 @@ def cell_key(max_num_seqs: int, max_model_len: int) -> str:
 
 
 # --- headline ----------------------------------------------------------------------------------
-def _cell_phrase(cell: dict[str, Any], first: bool) -> str:
+def _cell_phrase(cell: dict[str, Any], first_pass: bool) -> str:
     n, length = cell["max_num_seqs"], cell["max_model_len"]
     verdict = cell.get("verdict")
     if verdict == "PASS":
-        text = (f"serves {n} concurrent requests at {length} tokens" if first else f"{n} at {length}")
+        text = (f"serves {n} concurrent requests at {length} tokens" if first_pass else f"{n} at {length}")
         conc = cell.get("max_concurrency")
         if conc is not None and conc < n:
             text += f" (KV cache holds {conc:.1f} full-length requests; the rest queued)"
         return text
-    if verdict == "NOT_RUN":
-        return f"{n} at {length} not run"
-    what = cell.get("category") or verdict or "unknown"
-    return f"{'fails' if first else 'fails'} with {n} at {length} ({what})"
+    if verdict in ("NOT_RUN", "INTERRUPTED"):
+        return f"{n} at {length} {'not run' if verdict == 'NOT_RUN' else 'interrupted'}"
+    return f"fails with {n} at {length} ({cell.get('category') or verdict or 'unknown'})"
+
+
+def headline_cells(cells: list[dict[str, Any]], practical: int | None) -> list[dict[str, Any]]:
+    """The sweep cells, plus the start that confirmed the practical length."""
+    return [c for c in cells if c.get("role", "sweep") == "sweep"
+            or (c.get("verdict") == "PASS" and c.get("max_model_len") == practical)]
 
 
 def headline(cells: list[dict[str, Any]], theoretical: int | None, practical: int | None,
              practical_source: str | None) -> str:
     """One plain sentence: what serves, what fails, and the two max lengths."""
-    sweep = [c for c in cells if c.get("role", "sweep") == "sweep"]
-    parts = [_cell_phrase(c, i == 0) for i, c in enumerate(sweep)]
+    parts, served = [], False
+    for cell in headline_cells(cells, practical):
+        parts.append(_cell_phrase(cell, not served))
+        served = served or cell.get("verdict") == "PASS"
     text = "; ".join(parts) if parts else "no cell ran"
     if practical is None:
         length = f"practical max length unknown of theoretical {theoretical or 'unknown'}"
@@ -142,15 +149,15 @@ def headline(cells: list[dict[str, Any]], theoretical: int | None, practical: in
 def headline_zh(cells: list[dict[str, Any]], theoretical: int | None, practical: int | None,
                 practical_source: str | None) -> str:
     parts = []
-    for cell in (c for c in cells if c.get("role", "sweep") == "sweep"):
+    for cell in headline_cells(cells, practical):
         n, length, verdict = cell["max_num_seqs"], cell["max_model_len"], cell.get("verdict")
         if verdict == "PASS":
             part = f"{n} 并发 @ {length} tokens 通过"
             conc = cell.get("max_concurrency")
             if conc is not None and conc < n:
                 part += f"（KV cache 仅容纳 {conc:.1f} 个满长请求，其余排队）"
-        elif verdict == "NOT_RUN":
-            part = f"{n} 并发 @ {length} 未运行"
+        elif verdict in ("NOT_RUN", "INTERRUPTED"):
+            part = f"{n} 并发 @ {length} {'未运行' if verdict == 'NOT_RUN' else '被中断'}"
         else:
             part = f"{n} 并发 @ {length} 失败（{cell.get('category') or verdict}）"
         parts.append(part)

@@ -111,6 +111,18 @@ def test_recorded_run_metrics_equal_vllms_own_benchmark_code():
         assert ours[f"p99_{name}_ms"] == pytest.approx(p99)
 
 
+def test_our_metrics_equal_a_real_vllm_bench_serve_result():
+    """bench-serve.json was written by vLLM's benchmark code from our argv: reading its detailed
+    per-request data and recomputing gives the numbers vLLM printed and saved."""
+    result = json.loads((FIXTURES / "bench-serve.json").read_text())
+    ours = loadgen.compute_metrics(loadgen.timings_from_bench_result(result), result["duration"])
+    names = ["completed", "failed", "total_input_tokens", "total_output_tokens", "request_throughput",
+             "output_throughput", "total_token_throughput"]
+    names += [f"{stat}_{m}_ms" for m in ("ttft", "tpot", "itl", "e2el") for stat in ("mean", "median", "std", "p50", "p99")]
+    for name in names:
+        assert ours[name] == pytest.approx(result[name]), name
+
+
 def test_bench_result_timings_round_trip():
     timings, data = recorded_run()
     detailed = {"ttfts": [t.ttft for t in timings], "itls": [t.itl for t in timings],
@@ -217,11 +229,11 @@ def cell(n, length, verdict="PASS", role="sweep", **extra):
 
 def test_headline_for_a_passing_sweep():
     cells = [cell(16, 131072, max_concurrency=20.0), cell(32, 131072, max_concurrency=20.0),
-             cell(64, 131072, "FAIL", category="oom"), cell(128, 131072, "NOT_RUN")]
+             cell(64, 131072, "FAIL", category="oom"), cell(128, 131072, "NOT_RUN"), cell(256, 131072, "INTERRUPTED")]
     text = capacity.headline(cells, 131072, 131072, "baseline-start")
     assert text == ("serves 16 concurrent requests at 131072 tokens; "
                     "32 at 131072 (KV cache holds 20.0 full-length requests; the rest queued); "
-                    "fails with 64 at 131072 (oom); 128 at 131072 not run; "
+                    "fails with 64 at 131072 (oom); 128 at 131072 not run; 256 at 131072 interrupted; "
                     "practical max length 131072 of theoretical 131072 (the tested length started and served)")
     zh = capacity.headline_zh(cells, 131072, 131072, "baseline-start")
     assert "16 并发 @ 131072 tokens 通过" in zh and "64 并发 @ 131072 失败（oom）" in zh
@@ -231,7 +243,8 @@ def test_headline_when_the_kv_cache_is_too_small():
     cells = [cell(16, 131072, "FAIL", category="kv-too-small"),
              cell(16, 43680, role="practical-search", max_concurrency=16.2), cell(32, 43680)]
     text = capacity.headline(cells, 131072, 43680, "vllm-estimate-confirmed")
-    assert text.startswith("fails with 16 at 131072 (kv-too-small); 32 at 43680;")
+    assert text.startswith("fails with 16 at 131072 (kv-too-small); serves 16 concurrent requests at 43680 "
+                           "tokens; 32 at 43680;")
     assert text.endswith("practical max length 43680 of theoretical 131072 (vLLM's estimate, confirmed by a start)")
 
 
