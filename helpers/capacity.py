@@ -56,20 +56,24 @@ _KV_TOO_SMALL = re.compile(r"KV cache is needed, which is larger than the availa
 
 
 def log_facts(scanner_evidence: dict[str, Any], log_path: Path | None) -> dict[str, Any]:
+    """KV cache tokens, max concurrency, vLLM's estimated max length, and whether (and on which
+    serve.log line) the start was refused because the KV cache cannot hold one request."""
     facts: dict[str, Any] = {key: scanner_evidence.get(key) for key in _FACT_PATTERNS}
     facts["kv_too_small"] = facts["estimated_max_model_len"] is not None
-    missing = [key for key, value in facts.items() if value is None]
-    if log_path is not None and Path(log_path).is_file() and (missing or not facts["kv_too_small"]):
+    facts["kv_line"] = None
+    missing = [key for key in _FACT_PATTERNS if facts[key] is None]
+    if log_path is not None and Path(log_path).is_file():
         with Path(log_path).open(encoding="utf-8", errors="replace") as handle:
-            for line in handle:
+            for line_no, line in enumerate(handle, start=1):
                 for key in missing:
                     if facts[key] is None:
                         pattern, convert = _FACT_PATTERNS[key]
                         match = pattern.search(line)
                         if match:
                             facts[key] = convert(match.group(1))
-                if not facts["kv_too_small"] and _KV_TOO_SMALL.search(line):
+                if facts["kv_line"] is None and _KV_TOO_SMALL.search(line):
                     facts["kv_too_small"] = True
+                    facts["kv_line"] = {"line_no": line_no, "text": line.strip()}
     facts["kv_too_small"] = bool(facts["kv_too_small"] or facts["estimated_max_model_len"] is not None)
     return facts
 
@@ -334,6 +338,9 @@ class CellRun(StageRun):
                 rec["reason"] = (f"the KV cache cannot hold one request of {self.max_model_len} tokens"
                                  + (f"; vLLM estimates the maximum model length at {estimate}" if estimate
                                     else "; vLLM printed no estimate"))
+                if facts["kv_line"]:
+                    rec["root_cause"] = {**facts["kv_line"], "exception": "ValueError", "proc": None,
+                                         "sig_id": None, "category": "kv-too-small"}
             return
         completed = sum(1 for t in self.timings if t.success)
         if rec["verdict"] == "PASS" and completed < self.num_prompts:

@@ -89,7 +89,7 @@ def test_length_beyond_the_kv_budget_gives_the_practical_max_from_vllms_estimate
     assert (refused["max_model_len"], refused["verdict"], refused["category"]) == (8192, "FAIL", "kv-too-small")
     estimate = refused["estimated_max_model_len"]
     assert estimate and 1024 < estimate < 8192
-    assert "the estimated maximum model length is" in Path(refused["log"]).read_text()
+    assert f"the estimated maximum model length is {estimate}" in refused["root_cause"]
     assert (confirmed["role"], confirmed["max_model_len"], confirmed["verdict"]) == ("practical-search", estimate, "PASS")
     assert (doc["practical_max_len"], doc["practical_source"]) == (estimate, "vllm-estimate-confirmed")
     assert len(doc["cells"]) == 2, "one more start confirms the estimate; no bisection"

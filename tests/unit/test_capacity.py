@@ -157,6 +157,7 @@ def test_log_facts_from_real_vllm_lines(tmp_path):
     log.write_text((FIXTURES / "kv-too-small.log").read_text())
     facts = capacity.log_facts({}, log)
     assert facts["kv_too_small"] and facts["estimated_max_model_len"] == 3968
+    assert "the estimated maximum model length is 3968" in facts["kv_line"]["text"]
     ok = tmp_path / "ok.log"
     ok.write_text("(EngineCore pid=4502) INFO 11-21 21:14:43 [kv_cache_utils.py:2327] CPU KV cache size: "
                   "1,048,576 tokens, Maximum concurrency for 2,048 tokens per request: 512.00x\n")
@@ -166,7 +167,8 @@ def test_log_facts_from_real_vllm_lines(tmp_path):
 
 def test_log_facts_prefer_the_scanner_evidence(tmp_path):
     facts = capacity.log_facts({"kv_cache_tokens": 5, "max_concurrency": 1.5, "estimated_max_model_len": 9}, None)
-    assert facts == {"kv_cache_tokens": 5, "max_concurrency": 1.5, "estimated_max_model_len": 9, "kv_too_small": True}
+    assert facts == {"kv_cache_tokens": 5, "max_concurrency": 1.5, "estimated_max_model_len": 9, "kv_too_small": True,
+                     "kv_line": None}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -310,6 +312,7 @@ def test_practical_length_from_vllms_estimate(fake_env, runs_dir):
     assert [(c["key"], c["role"], c["verdict"]) for c in doc["cells"]] == [
         ("s2-l4096", "sweep", "FAIL"), ("s2-l2960", "practical-search", "PASS"), ("s4-l2960", "sweep", "PASS")]
     assert doc["cells"][0]["category"] == "kv-too-small" and doc["cells"][0]["estimated_max_model_len"] == 2960
+    assert "KV cache is needed" in doc["cells"][0]["root_cause"]
     assert (doc["practical_max_len"], doc["practical_source"]) == (2960, "vllm-estimate-confirmed")
     assert "vLLM estimates the maximum model length at 2960" in result.stdout
 
