@@ -75,6 +75,9 @@ diagnose: setup ## Read a server log (LOG=path): verdict, root-cause line, hint,
 	@scripts/diagnose.sh
 
 # --- 6-8. capacity, accuracy, deliverables
+capacity: setup ## Capacity: baseline max-model-len x max-num-seqs, SWEEP cells, theoretical vs practical max length
+	@scripts/capacity.sh
+
 accuracy: setup ## Accuracy with lm-eval (TASKS, NUM_FEWSHOT, LIMIT, DATASET_DIR) -> accuracy.json
 	@scripts/accuracy.sh
 
@@ -94,4 +97,4 @@ runbooks: setup ## Regenerate runbooks/signatures.zh.md from the signature catal
 bench: setup ## Benchmarks (triage of a 100 GB-class sharded checkpoint reads headers only)
 	@scripts/bench.sh
 
-.PHONY: help setup demo test hygiene triage stage-a stage-b ep flashcomm1 mtp all-features matrix eager dynamo-fallback text-only ladder diagnose accuracy report deliver tiny-model runbooks bench
+.PHONY: help setup demo test hygiene triage stage-a stage-b ep flashcomm1 mtp all-features matrix eager dynamo-fallback text-only ladder diagnose capacity accuracy report deliver tiny-model runbooks bench

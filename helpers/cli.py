@@ -79,6 +79,20 @@ def stage_cmd(stage: str, step: str | None) -> None:
     sys.exit(code)
 
 
+@cli.command("capacity")
+def capacity_cmd() -> None:
+    """Sweep max-num-seqs at the tested max-model-len (SWEEP, MAX_MODEL_LEN, FORCE): one server
+    start and one concurrent load per cell; capacity.json + capacity.md under RUNS_DIR/<model>/."""
+    from helpers.capacity import CapacitySweep
+
+    settings = _settings()
+    sweep = CapacitySweep(settings)
+    code = sweep.run()
+    _write_junit(settings, [dict(c, step=f"capacity-{c['key']}") for c in sweep.cells
+                            if c.get("verdict") != "NOT_RUN"])
+    sys.exit(code)
+
+
 def _write_junit(settings, records: list[dict]) -> None:
     if settings.junit:
         from helpers.junit import write_junit

@@ -35,17 +35,21 @@ class ServePlan:
     host: str
     port: int
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)
+    unset_env: list[str] = field(default_factory=list)
 
     def process_env(self, base: dict[str, str]) -> dict[str, str]:
         merged = dict(base)
         merged.update(self.env)
         merged.update(self.secret_env)
+        for key in self.unset_env:
+            merged.pop(key, None)
         return merged
 
     def shell_line(self) -> str:
         """One line, as the workflow writes it: `K=V ... vllm serve ...` (no cd, no secrets)."""
+        unset = ["env"] + [f"-u {shlex.quote(k)}" for k in self.unset_env] if self.unset_env else []
         env = [f"{k}={shlex.quote(v)}" for k, v in self.env.items()]
-        return " ".join(env + [shlex.quote(a) for a in self.argv])
+        return " ".join(unset + env + [shlex.quote(a) for a in self.argv])
 
     def command_sh(self, header: str) -> str:
         lines = ["#!/usr/bin/env bash"]
@@ -53,6 +57,8 @@ class ServePlan:
         lines += ["set -euo pipefail"]
         if self.cwd:
             lines.append(f"cd {shlex.quote(self.cwd)}")
+        for key in self.unset_env:
+            lines.append(f"unset {key}")
         for key, value in self.env.items():
             lines.append(f"export {key}={shlex.quote(value)}")
         for key in self.secret_env:
@@ -114,12 +120,19 @@ def build_plan(
     argv += split_extra_args(extra_args)
     env = dict(profile.env)
     env.update(variant.env)
+    unset_env: list[str] = []
+    for flag, names in profile.env_unset_by_flag.items():
+        if any(arg == flag or arg.startswith(flag + "=") for arg in argv):
+            for name in names:
+                env.pop(name, None)
+                if name not in unset_env:
+                    unset_env.append(name)
     cwd = work_dir or profile.workdir
     if cwd and not Path(cwd).is_dir():
         cwd = ""
     secret_env = {"VLLM_API_KEY": api_key} if api_key else {}
     return ServePlan(argv=argv, env=env, cwd=cwd, served_name=served_name, host=host, port=port,
-                     secret_env=secret_env)
+                     secret_env=secret_env, unset_env=unset_env)
 
 
 def mask(text: str, secrets: list[str]) -> str:

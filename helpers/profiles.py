@@ -33,6 +33,9 @@ class Profile:
     versions: list[str] = field(default_factory=list)
     workdir: str = ""
     detect_command: str = ""
+    # flag -> env variables to remove from the server's environment when the flag is given
+    # (a legacy variable that would silently override the explicit flag).
+    env_unset_by_flag: dict[str, list[str]] = field(default_factory=dict)
     path: Path | None = None
 
     @property
@@ -80,6 +83,8 @@ def load(name: str) -> Profile:
                 versions=list(data.get("versions") or []),
                 workdir=data.get("workdir") or "",
                 detect_command=data.get("detect_command") or "",
+                env_unset_by_flag={str(k): [str(x) for x in v or []]
+                                   for k, v in (data.get("env_unset_by_flag") or {}).items()},
                 path=path,
             )
     raise UsageError(

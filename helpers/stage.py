@@ -100,6 +100,9 @@ class SignalGuard:
 
 
 class StageRun:
+    # What is sent once the server is ready; a capacity cell overrides send_requests with its load.
+    request_phase = "smoke requests"
+
     def __init__(self, settings: Settings, request: StageRequest, out: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.request = request
@@ -225,6 +228,10 @@ class StageRun:
                 break
         return results
 
+    def send_requests(self, url: str, ready_line: int) -> list[RequestResult]:
+        """The requests of this run once the server is ready (the smoke requests here)."""
+        return self._send_smoke(url, ready_line)
+
     def _graph_check(self) -> dict[str, Any]:
         eager = "--enforce-eager" in self.plan.argv
         name = self.profile.graph.get("name", "graph")
@@ -310,9 +317,9 @@ class StageRun:
                 self.record["timings"]["start_to_ready_s"] = round(outcome.elapsed, 3)
                 self._save()
                 if outcome.state == "ready":
-                    phase = "smoke requests"
-                    self.out(f"[{label}] ready in {outcome.elapsed:.1f} s; sending smoke requests")
-                    results = self._send_smoke(url, outcome.ready_line)
+                    phase = self.request_phase
+                    self.out(f"[{label}] ready in {outcome.elapsed:.1f} s; sending {self.request_phase}")
+                    results = self.send_requests(url, outcome.ready_line)
                     if results:
                         self.record["timings"]["first_request_s"] = round(results[0].latency_s, 3)
                     end = time.monotonic() + LOG_SETTLE_SECONDS
