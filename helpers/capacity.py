@@ -31,8 +31,8 @@ from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted, 
 from helpers.readiness import Progress
 from helpers.settings import REPO_ROOT, Settings
 from helpers.smoke import RequestResult
-from helpers.stage import (SignalGuard, StageRequest, StageRun, check_backend_installed, read_model_config,
-                           resolve_model)
+from helpers.stage import SignalGuard, StageRequest, StageRun, check_backend_installed
+from helpers.triage import read_config, resolve_model
 
 SAMPLE_SECONDS = 1.0
 AFTER_DEATH_GRACE = 2.0
@@ -399,7 +399,7 @@ class CapacitySweep:
         self.out = out or (lambda line: print(line, flush=True))
         self.profile = profiles.load(settings.backend)
         self.model_path = resolve_model(settings)
-        self.config = read_model_config(self.model_path)
+        self.config = read_config(self.model_path)
         self.model_name = ev.safe_name(self.model_path.name)
         self.theoretical = theoretical_max_len(self.config)
         block = self.profile.capacity
