@@ -32,6 +32,7 @@ from helpers.readiness import Progress
 from helpers.settings import REPO_ROOT, Settings
 from helpers.smoke import RequestResult
 from helpers.stage import SignalGuard, StageRequest, StageRun, check_backend_installed
+from helpers.checkpoint import config_facts
 from helpers.triage import read_config, resolve_model
 
 SAMPLE_SECONDS = 1.0
@@ -41,40 +42,17 @@ DEFAULT_SEARCH_STARTS = 6
 TEMPLATE = "capacity.md.j2"
 
 # --- log facts ---------------------------------------------------------------------------------
-# FALLBACK until the full log scanner (helpers/logscan.py, logscan branch) is merged: it provides
-# these as scanner.evidence keys kv_cache_tokens, max_concurrency, estimated_max_model_len.
-# log_facts() prefers the scanner's evidence and reads serve.log only for keys it lacks; once the
-# scanner has them, the regexes below can go.
-_FACT_PATTERNS: dict[str, tuple[re.Pattern[str], Callable[[str], Any]]] = {
-    "kv_cache_tokens": (re.compile(r"KV cache size: ([\d,]+) tokens"), lambda v: int(v.replace(",", ""))),
-    "max_concurrency": (re.compile(r"Maximum concurrency for [\d,]+ tokens per request: ([\d,.]+)x"),
-                        lambda v: float(v.replace(",", ""))),
-    "estimated_max_model_len": (re.compile(r"estimated maximum model length is (\d+)"), int),
-}
-_KV_TOO_SMALL = re.compile(r"KV cache is needed, which is larger than the available KV cache memory"
-                           r"|No available memory for the cache blocks")
+_FACT_KEYS = ("kv_cache_tokens", "max_concurrency", "estimated_max_model_len")
 
 
-def log_facts(scanner_evidence: dict[str, Any], log_path: Path | None) -> dict[str, Any]:
-    """KV cache tokens, max concurrency, vLLM's estimated max length, and whether (and on which
-    serve.log line) the start was refused because the KV cache cannot hold one request."""
-    facts: dict[str, Any] = {key: scanner_evidence.get(key) for key in _FACT_PATTERNS}
-    facts["kv_too_small"] = facts["estimated_max_model_len"] is not None
-    facts["kv_line"] = None
-    missing = [key for key in _FACT_PATTERNS if facts[key] is None]
-    if log_path is not None and Path(log_path).is_file():
-        with Path(log_path).open(encoding="utf-8", errors="replace") as handle:
-            for line_no, line in enumerate(handle, start=1):
-                for key in missing:
-                    if facts[key] is None:
-                        pattern, convert = _FACT_PATTERNS[key]
-                        match = pattern.search(line)
-                        if match:
-                            facts[key] = convert(match.group(1))
-                if facts["kv_line"] is None and _KV_TOO_SMALL.search(line):
-                    facts["kv_too_small"] = True
-                    facts["kv_line"] = {"line_no": line_no, "text": line.strip()}
-    facts["kv_too_small"] = bool(facts["kv_too_small"] or facts["estimated_max_model_len"] is not None)
+def log_facts(evidence: dict[str, Any], hits: list[dict[str, Any]]) -> dict[str, Any]:
+    """KV cache tokens, max concurrency, vLLM's estimated max length (scanner evidence), and
+    whether (and on which serve.log line) the start was refused because the KV cache cannot
+    hold one request (the scanner's kv-too-small hits)."""
+    facts: dict[str, Any] = {key: evidence.get(key) for key in _FACT_KEYS}
+    kv_hit = next((h for h in hits if h.get("category") == "kv-too-small"), None)
+    facts["kv_line"] = {"line_no": kv_hit["line_no"], "text": kv_hit["text"]} if kv_hit else None
+    facts["kv_too_small"] = kv_hit is not None or facts["estimated_max_model_len"] is not None
     return facts
 
 
@@ -100,11 +78,8 @@ def parse_sweep(text: str, profile: profiles.Profile) -> list[int]:
 
 
 def theoretical_max_len(config: dict[str, Any]) -> int | None:
-    for source in (config, config.get("text_config") or {}, config.get("llm_config") or {}):
-        value = source.get("max_position_embeddings")
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
+    value = config_facts(config).max_position_embeddings
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def cell_key(max_num_seqs: int, max_model_len: int) -> str:
@@ -331,7 +306,7 @@ class CellRun(StageRun):
         super()._decide(outcome, results)
         rec = self.record
         if outcome.state != "ready":
-            facts = log_facts(self.scanner.evidence, self.run_dir / "serve.log" if self.run_dir else None)
+            facts = log_facts(self.scanner.evidence, [h.to_dict() for h in self.scanner.hits])
             if facts["kv_too_small"]:
                 rec["category"] = "kv-too-small"
                 estimate = facts["estimated_max_model_len"]
@@ -352,7 +327,7 @@ class CellRun(StageRun):
 
     def cell_record(self, role: str, signature: str) -> dict[str, Any]:
         rec = self.record
-        facts = log_facts(rec.get("log_evidence") or {}, self.run_dir / "serve.log" if self.run_dir else None)
+        facts = log_facts(rec.get("log_evidence") or {}, rec.get("signatures") or [])
         metrics = loadgen.compute_metrics(self.timings, self.load_duration) if self.timings else {}
         failed_errors = [t.error for t in self.timings if not t.success][:5]
         return {

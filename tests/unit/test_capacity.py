@@ -152,23 +152,21 @@ def test_prometheus_sums_label_sets_and_reads_the_old_kv_name():
 
 
 # ----------------------------------------------------------------------------- log facts
-def test_log_facts_from_real_vllm_lines(tmp_path):
-    log = tmp_path / "serve.log"
-    log.write_text((FIXTURES / "kv-too-small.log").read_text())
-    facts = capacity.log_facts({}, log)
+def test_log_facts_from_real_vllm_lines():
+    """The real refusal log of the tiny model (KV budget 4 MiB) read by the real scanner."""
+    from helpers.logscan import scan_file
+
+    scanner = scan_file(FIXTURES / "kv-too-small.log")
+    facts = capacity.log_facts(scanner.evidence, [h.to_dict() for h in scanner.hits])
     assert facts["kv_too_small"] and facts["estimated_max_model_len"] == 3968
     assert "the estimated maximum model length is 3968" in facts["kv_line"]["text"]
-    ok = tmp_path / "ok.log"
-    ok.write_text("(EngineCore pid=4502) INFO 11-21 21:14:43 [kv_cache_utils.py:2327] CPU KV cache size: "
-                  "1,048,576 tokens, Maximum concurrency for 2,048 tokens per request: 512.00x\n")
-    facts = capacity.log_facts({}, ok)
+    from helpers.logscan import LogScanner
+
+    ok = LogScanner()
+    ok.feed("(EngineCore pid=4502) INFO 11-21 21:14:43 [kv_cache_utils.py:2327] CPU KV cache size: "
+            "1,048,576 tokens, Maximum concurrency for 2,048 tokens per request: 512.00x\n")
+    facts = capacity.log_facts(ok.evidence, [h.to_dict() for h in ok.hits])
     assert (facts["kv_cache_tokens"], facts["max_concurrency"], facts["kv_too_small"]) == (1048576, 512.0, False)
-
-
-def test_log_facts_prefer_the_scanner_evidence(tmp_path):
-    facts = capacity.log_facts({"kv_cache_tokens": 5, "max_concurrency": 1.5, "estimated_max_model_len": 9}, None)
-    assert facts == {"kv_cache_tokens": 5, "max_concurrency": 1.5, "estimated_max_model_len": 9, "kv_too_small": True,
-                     "kv_line": None}
 
 
 # ----------------------------------------------------------------------------- inputs
