@@ -24,9 +24,9 @@ from pathlib import Path
 
 from helpers import evidence as ev
 from helpers.errors import EnvironmentProblem, UsageError
-from helpers.render import (E2E_DIR, TUTORIAL_DIR, DocsSystem, add_nav_entry, detect_docs_system,
+from helpers.render import (E2E_DIR, TUTORIAL_DIR, add_nav_entry, detect_docs_system,
                             render_all, resolve_model_dir)
-from helpers.settings import REPO_ROOT, Settings
+from helpers.settings import Settings
 
 TRAILER = "Bringup-Model"
 

@@ -35,8 +35,6 @@ DEPRECATION_NEEDLE = "FlashComm is deprecated"
 class GateSpec:
     name: str
     feature: str | None = None
-    not_applicable_when: dict[str, Any] = field(default_factory=dict)
-    not_applicable_because: str = ""
     applies_when: dict[str, Any] = field(default_factory=dict)
     because: str = ""
     flags: list[str] = field(default_factory=list)
@@ -204,8 +202,6 @@ def decide_feature(spec: GateSpec, ctx: GateContext) -> GateDecision:
     """ep, mtp (and the common part of flashcomm1): the feature rule as triage assessed it."""
     facts = ctx.facts.facts
     assessment = ctx.facts.assessments.get(spec.feature or "")
-    if spec.not_applicable_when and feature_rules.condition_holds(spec.not_applicable_when, facts):
-        return _no_run(spec, ctx, "NOT_APPLICABLE", feature_rules.render(spec.not_applicable_because, facts), assessment)
     if assessment is None:
         raise UsageError(f"triage has no assessment of feature {spec.feature!r}", "rerun make triage")
     category = assessment["category"]

@@ -66,7 +66,7 @@ def _length(values: dict[str, str], key: str) -> int | None:
         return None
     match = re.fullmatch(r"(\d+)([kKmM]?)", text)
     if not match:
-        raise UsageError(f"{key}={text!r} is not a length", f"use e.g. 4096, 128k or 128K")
+        raise UsageError(f"{key}={text!r} is not a length", "use e.g. 4096, 128k or 128K")
     number, suffix = int(match.group(1)), match.group(2)
     scale = {"": 1, "k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2}[suffix]
     return number * scale

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,8 +21,7 @@ from typing import Any, Callable
 
 from helpers import evidence as ev
 from helpers import profiles
-from helpers.errors import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EnvironmentProblem, Interrupted,
-                            UsageError)
+from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EnvironmentProblem, Interrupted
 from helpers.logscan import LogScanner
 from helpers.plan import ServePlan, Variant, build_plan, mask
 from helpers.readiness import LogTail, Progress, WatchOutcome, base_url, wait_ready

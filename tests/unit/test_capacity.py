@@ -10,7 +10,6 @@ KV cache without vLLM's estimate, a failure at a chosen max-num-seqs, many start
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest

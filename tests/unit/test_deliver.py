@@ -4,7 +4,6 @@ code changes already staged; every refusal is one line with exit 2 and leaves th
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest

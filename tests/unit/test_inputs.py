@@ -4,7 +4,6 @@ These run the real CLI and make; no server is started (each case fails before th
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
