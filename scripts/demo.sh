@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The embedded default, offline: generate a tiny model and run Stage A then Stage B on the CPU
-# backend. One verdict line per stage, and where the evidence is.
+# The embedded default, offline: generate a tiny model, then the main job on the CPU backend:
+# triage, Stage A, Stage B, the feature matrix and the Chinese report. One verdict line per
+# stage, and where the evidence is.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -12,15 +13,15 @@ generate_tiny_model() {
   run_helper tiny-model --out "$MODEL" --kind dense --weights real
 }
 
-run_stage() {
-  run_helper stage --stage "$1"
-}
-
 trap stop_servers_of_this_run EXIT
 generate_tiny_model
+run_helper triage
 status=0
-run_stage a || status=$?
+run_helper stage --stage a || status=$?
 if [[ "$status" -eq 130 ]]; then exit "$status"; fi
-run_stage b || status=$?
-echo "demo: done (exit $status); evidence under $RUNS_DIR/tiny-qwen2/"
+run_helper stage --stage b || status=$?
+if [[ "$status" -eq 130 ]]; then exit "$status"; fi
+run_helper matrix
+run_helper report
+echo "demo: done (exit $status); evidence and deliverables under $RUNS_DIR/tiny-qwen2/"
 exit "$status"
