@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from helpers import profiles, render_signatures
+from helpers import gates
 from helpers.cli import cli
 from helpers.logscan import load_catalog
 from helpers.plan import Variant, build_plan
@@ -199,7 +200,7 @@ def test_the_parser_finds_make_calls_in_blocks_and_inline_code():
     """Guards the checks below against silently checking nothing."""
     calls = all_make_calls()
     assert any(c.targets == ["stage-a"] and "MODEL" in c.make_vars for c in calls)
-    assert any("TORCHDYNAMO_DISABLE" in c.prefix_vars for c in calls)  # from the generated reference
+    assert any("HCCL_OP_EXPANSION_MODE" in c.prefix_vars for c in calls)  # from the generated reference
     assert make_calls_in("A=1 make x B=2 -n && make y", "t")[1].targets == ["y"]
     assert make_calls_in("echo make x", "t") == []
 
@@ -262,18 +263,13 @@ def feature_rules() -> dict[str, dict]:
 def golden_variant(name: str) -> tuple[str, Variant]:
     """(stage, variant) for a golden block name; flags/env come from the feature rules (data)."""
     rules = feature_rules()
-    fallbacks = rules["multimodal"]["fallbacks"]
     if name == "stage-a":
         return "a", Variant()
     if name in ("stage-b", "capacity"):
         return "b", Variant()
-    if name == "eager":
-        return "b", Variant("eager", ["--enforce-eager"])
-    if name == "dynamo-fallback":
-        env = next(f["env"] for f in fallbacks if "env" in f)
-        return "b", Variant(name, env=dict(env))
-    if name == "text-only":
-        return "b", Variant(name, list(next(f["flags"] for f in fallbacks if "flags" in f)))
+    if name in ("eager", "dynamo-fallback", "text-only"):
+        spec = gates.load_specs()[name]  # what `make <name>` itself adds
+        return "b", Variant(name, list(spec.flags), dict(spec.env))
     if name == "ep":
         return "b", Variant(name, list(rules["ep"]["flags"]))
     if name == "mtp":
