@@ -22,7 +22,7 @@ from typing import Any, Callable
 from helpers import evidence as ev
 from helpers import profiles
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EnvironmentProblem, Interrupted
-from helpers.logscan import LogScanner
+from helpers.logscan import LogScanner, diagnosis_of
 from helpers.plan import ServePlan, Variant, build_plan, mask
 from helpers.readiness import LogTail, Progress, WatchOutcome, base_url, wait_ready
 from helpers.serve import Server, require_free_port
@@ -254,12 +254,17 @@ class StageRun:
     def _decide(self, outcome: WatchOutcome, results: list[RequestResult]) -> None:
         rec = self.record
         ready_line = outcome.ready_line
+        diagnosis = diagnosis_of(self.scanner, model=self.model_name)
+        if diagnosis.verdict == "FAIL":
+            rec["diagnosis"] = {"category": diagnosis.category, "signature": diagnosis.sig_id,
+                                "hint_zh": diagnosis.hint_zh, "hint_en": diagnosis.hint_en,
+                                "rung": diagnosis.rung, "next_command": diagnosis.next_command}
         if outcome.state != "ready":
             cause = self.scanner.root_cause()
-            first = (self.scanner.failures() or [None])[0]
-            rec["verdict"] = "FAIL"
-            rec["category"] = (first.category if first else None) or {
-                "stalled": "stalled", "timeout": "timeout"}.get(outcome.state, "startup")
+            category = diagnosis.category if diagnosis.verdict == "FAIL" else None
+            if category in (None, "false-ready"):  # never ready: a startup failure, not a false-ready
+                category = {"stalled": "stalled", "timeout": "timeout"}.get(outcome.state, "startup")
+            rec["verdict"], rec["category"] = "FAIL", category
             rec["reason"] = f"server never became ready: {outcome.state} ({outcome.detail})"
             rec["root_cause"] = cause.to_dict() if cause else None
             return
@@ -367,6 +372,11 @@ class StageRun:
             cause = rec.get("root_cause")
             if cause:
                 line += f"\n  root cause (serve.log line {cause.get('line_no')}): {cause.get('text')}"
+            diagnosis = rec.get("diagnosis") or {}
+            if diagnosis.get("hint_en"):
+                line += f"\n  hint: {diagnosis['hint_en']}\n  提示: {diagnosis['hint_zh']}"
+            if diagnosis.get("next_command"):
+                line += f"\n  next: {diagnosis['next_command']}"
         graph = rec.get("graph")
         if graph and graph.get("status") == "FAIL":
             line += f"\n  graph mode ({graph['name']}): FAIL, {graph['reason']}"

@@ -48,6 +48,7 @@ def test_server_dying_at_startup_is_decided_at_once(fake_env, runs_dir):
     record = evidence(runs_dir)
     assert record["verdict"] == "FAIL" and record["readiness"]["state"] in ("exited", "fatal")
     assert "Engine core initialization failed" in json.dumps(record["root_cause"])
+    assert record["category"] == "startup"  # never ready: not a false-ready
 
 
 def test_stall_is_reported_with_its_last_phase_before_the_timeout(fake_env, runs_dir):
@@ -76,6 +77,8 @@ def test_false_ready_names_the_root_cause(fake_env, runs_dir):
     assert record["category"] == "false-ready"
     assert "fake kernel failure" in record["root_cause"]["text"]
     assert "false-ready" in result.stdout and "root cause" in result.stdout
+    assert "next: make " in result.stdout and "hint: " in result.stdout  # the failure is explained
+    assert record["diagnosis"]["next_command"].startswith("make ")
 
 
 def test_hanging_request_times_out_with_a_clear_verdict(fake_env, runs_dir):
