@@ -1,6 +1,6 @@
-"""`make deliver`: the generated e2e YAML and tutorial (plus the nav/toctree entry) go into
-DELIVERY_REPO as exactly one signed commit (`git commit -s`) that also holds the code changes
-already staged there.
+"""`make deliver`: the generated e2e YAML and tutorial (plus the nav/toctree entry, and the
+YAML's line in the nightly accuracy.txt when the repo has one) go into DELIVERY_REPO as exactly
+one signed commit (`git commit -s`) that also holds the code changes already staged there.
 
 Refusals (exit 2, one line), all checked before any file is touched:
 - DELIVERY_REPO unset, not a directory, or not a git work tree;
@@ -29,6 +29,20 @@ from helpers.render import (E2E_DIR, TUTORIAL_DIR, add_nav_entry, detect_docs_sy
 from helpers.settings import Settings
 
 TRAILER = "Bringup-Model"
+NIGHTLY_LIST = f"{E2E_DIR}/accuracy.txt"
+
+
+def add_nightly_entry(repo: Path, yaml_name: str) -> bool:
+    """List the e2e config in accuracy.txt (the nightly run's list) once; False when the list
+    does not exist in this repo or already names it."""
+    path = repo / NIGHTLY_LIST
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8")
+    if yaml_name in (line.strip() for line in text.splitlines()):
+        return False
+    ev.atomic_write_text(path, text + ("" if not text or text.endswith("\n") else "\n") + yaml_name + "\n")
+    return True
 
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
@@ -131,7 +145,7 @@ def deliver(settings: Settings) -> list[str]:
     yaml_rel = f"{E2E_DIR}/{model}.yaml"
     doc_rel = f"{TUTORIAL_DIR}/{model}.md"
     nav_rel = str(docs.nav_file.relative_to(repo))
-    ours = {yaml_rel, doc_rel, nav_rel}
+    ours = {yaml_rel, doc_rel, nav_rel, NIGHTLY_LIST}
     dirty = unexpected_changes(repo, ours)
     if dirty:
         shown = ", ".join(dirty[:5]) + (f" (+{len(dirty) - 5} more)" if len(dirty) > 5 else "")
@@ -158,7 +172,10 @@ def deliver(settings: Settings) -> list[str]:
     text, changed = add_nav_entry(docs, model, model)
     if changed:
         ev.atomic_write_text(docs.nav_file, text)
-    git(repo, "add", "--", yaml_rel, doc_rel, nav_rel)
+    written = [yaml_rel, doc_rel, nav_rel]
+    if add_nightly_entry(repo, f"{model}.yaml"):
+        written.append(NIGHTLY_LIST)
+    git(repo, "add", "--", *written)
     if not git(repo, "diff", "--cached", "--name-only").strip():
         raise UsageError(f"nothing to commit in {repo}: the delivery is already there", "nothing to do")
 

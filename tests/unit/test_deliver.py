@@ -51,7 +51,9 @@ def test_one_signed_commit_with_docs_yaml_nav_and_staged_code(runs, tmp_path, ki
     files = set(git(repo, "show", "--name-only", "--format=", "HEAD").stdout.split())
     nav = "mkdocs.yml" if kind == "mkdocs" else "docs/source/tutorials/models/index.md"
     expected = {f"tests/e2e/models/configs/{model}.yaml", f"docs/source/tutorials/models/{model}.md",
-                nav, "vllm_ascend/patch_model.py"}
+                nav, "vllm_ascend/patch_model.py", "tests/e2e/models/configs/accuracy.txt"}
+    nightly = (repo / "tests/e2e/models/configs/accuracy.txt").read_text().splitlines()
+    assert nightly == ["Qwen3-8B.yaml", f"{model}.yaml"]  # listed once, after the existing entries
     assert files == expected
     for path in expected:
         assert path in result.stdout  # the file list is printed
