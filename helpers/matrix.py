@@ -204,6 +204,19 @@ def ladder_rows(model_runs: Path) -> list[dict[str, Any]]:
              "category": r.get("category")} for r in summary.get("rungs") or []]
 
 
+def capacity_summary(model_runs: Path) -> dict[str, Any] | None:
+    """The capacity step's answer (capacity.json), so the matrix names the lengths too."""
+    try:
+        data = json.loads((model_runs / "capacity.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    keys = ("headline", "theoretical_max_len", "practical_max_len", "practical_source")
+    summary = {key: data.get(key) for key in keys}
+    summary["cells"] = [{k: c.get(k) for k in ("max_num_seqs", "max_model_len", "verdict", "run_dir")}
+                        for c in data.get("cells") or []]
+    return summary
+
+
 def build_matrix(model_runs: Path, model: str, backend: str = "") -> dict[str, Any]:
     steps = ("stage-a", "stage-b") + GATE_STEPS
     records = {step: read_latest(model_runs, step) for step in steps}
@@ -224,6 +237,7 @@ def build_matrix(model_runs: Path, model: str, backend: str = "") -> dict[str, A
         "dummy_vs_real": dummy_vs_real(records["stage-a"], records["stage-b"]),
         "false_ready": false_ready_cases(model_runs),
         "ladder": ladder_rows(model_runs),
+        "capacity": capacity_summary(model_runs),
     }
 
 

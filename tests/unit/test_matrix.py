@@ -40,7 +40,7 @@ def test_matrix_json_follows_the_schema_and_the_recorded_evidence(recorded):
     assert result.returncode == 1, "Stage B failed: all-features must fail"
     data = json.loads((runs / "tiny-moe" / "matrix.json").read_text())
     assert set(data) == {"model", "generated_at", "backend", "stages", "features", "dummy_vs_real",
-                         "false_ready", "ladder"}
+                         "false_ready", "ladder", "capacity"}
     assert data["model"] == "tiny-moe" and data["backend"] == "fake"
     assert list(data["features"]) == ["aclgraph", "ep", "flashcomm1", "mtp", "multimodal", "eager",
                                       "dynamo-fallback", "text-only"]
@@ -128,6 +128,19 @@ def test_nothing_recorded_is_not_run_everywhere(tmp_path):
     assert {row["status"] for row in data["features"].values()} == {"NOT_RUN"}
     assert matrix.exit_code(data) == 1
     assert "| aclgraph | NOT_RUN | not-run |" in matrix.render_markdown(data)
+    assert data["capacity"] is None and "No capacity run recorded" in matrix.render_markdown(data)
+
+
+def test_capacity_answer_is_carried_into_the_matrix(tmp_path):
+    runs = tmp_path / "m"
+    runs.mkdir()
+    (runs / "capacity.json").write_text(json.dumps({
+        "headline": "serves 2 concurrent requests at 3968 tokens", "theoretical_max_len": 8192,
+        "practical_max_len": 3968, "practical_source": "vllm-estimate-confirmed",
+        "cells": [{"max_num_seqs": 2, "max_model_len": 3968, "verdict": "PASS", "run_dir": "r", "metrics": {}}]}))
+    data = matrix.build_matrix(runs, "m")
+    assert data["capacity"]["practical_max_len"] == 3968 and data["capacity"]["cells"][0]["verdict"] == "PASS"
+    assert "serves 2 concurrent requests at 3968 tokens" in matrix.render_markdown(data)
 
 
 def test_all_features_verdict_ignores_isolation_switches(tmp_path):
