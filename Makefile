@@ -8,7 +8,8 @@ MAKEFLAGS += --no-print-directory
 # through the environment, never through recipe text.
 VARS := $(shell sed -n 's/^\([A-Z][A-Z0-9_]*\) *?=.*/\1/p' env.example)
 $(foreach v,$(VARS),$(if $(filter command line environment override,$(origin $v)),$(eval override $v := $$(value $v))))
-export $(VARS)
+# Only variables that are set: an exported empty value would override env.example's default.
+export $(foreach v,$(VARS),$(if $(filter undefined,$(origin $v)),,$v))
 
 VENV ?= .venv
 export VENV
