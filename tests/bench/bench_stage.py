@@ -79,12 +79,15 @@ def bare_start_and_one_request(model: Path, runs: Path) -> float:
         server.wait(timeout=60)
 
 
-def tool_stage_a(model: Path, runs: Path) -> float:
+def tool_stage_a(model: Path, runs: Path) -> tuple[float, float]:
+    """(wall seconds, seconds the server itself took to become ready as the tool saw it)."""
     env = env_for(runs, BACKEND="cpu", MODEL=str(model), SERVED_NAME="tool")
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "helpers", "stage", "--stage", "a"], cwd=REPO, env=env,
                    capture_output=True, timeout=900, check=True)
-    return time.monotonic() - started
+    wall = time.monotonic() - started
+    latest = (runs / model.name / "latest-stage-a" / "evidence.json").resolve()
+    return wall, json.loads(latest.read_text())["timings"]["start_to_ready_s"]
 
 
 def main() -> None:
@@ -103,11 +106,19 @@ def main() -> None:
         if os.environ.get("BENCH_SKIP_REAL"):
             return
         model = tinymodel.generate(Path(tmp) / "tiny", weights="dummy")
-        bare_start_and_one_request(model, runs)  # warm vLLM's compile cache for both timed runs
-        bare = bare_start_and_one_request(model, runs)
-        tool = tool_stage_a(model, runs)
-        print(f"Stage A with the tool: {tool:.1f} s; bare start + one request: {bare:.1f} s; "
-              f"overhead {tool - bare:+.1f} s (target <= 5 s)")
+        bare_start_and_one_request(model, runs)  # warm vLLM's compile cache for the timed runs
+        # vLLM's own start time varies by several seconds run to run: alternate and take medians,
+        # and also report the tool's time outside the server's start (wall - start-to-ready).
+        bare, tool, outside = [], [], []
+        for _ in range(3):
+            bare.append(bare_start_and_one_request(model, runs))
+            wall, ready = tool_stage_a(model, runs)
+            tool.append(wall)
+            outside.append(wall - ready)
+        print(f"Stage A with the tool: median {statistics.median(tool):.1f} s; bare start + one request: "
+              f"median {statistics.median(bare):.1f} s; difference {statistics.median(tool) - statistics.median(bare):+.1f} s")
+        print(f"tool time outside the server's own start (launch, smoke, stop, evidence): "
+              f"median {statistics.median(outside):.1f} s, max {max(outside):.1f} s (target <= 5 s)")
 
 
 if __name__ == "__main__":

@@ -379,4 +379,12 @@ def test_chinese_readme_lists_every_documented_make_target():
     documented = re.findall(r"^([a-z0-9][a-z0-9-]*):.*## ", (REPO / "Makefile").read_text(encoding="utf-8"), re.M)
     missing = [t for t in documented if f"`make {t}`" not in text]
     assert not missing, f"README.zh.md's targets table lacks: {missing}"
-    assert "BENCH-NUMBERS" in text, "README.zh.md lost the marked place for bench numbers"
+
+
+def test_both_readmes_quote_the_same_bench_numbers():
+    english = (REPO / "README.md").read_text(encoding="utf-8")
+    measured = english[english.index("## Measured"):]
+    numbers = set(re.findall(r"\d+(?:\.\d+)? (?:s|MB/s|MB)\b", measured))
+    assert len(numbers) >= 8, "README.md lost its measured numbers"
+    chinese = (REPO / "README.zh.md").read_text(encoding="utf-8")
+    assert not [n for n in numbers if n not in chinese], "README.zh.md quotes other bench numbers than README.md"
