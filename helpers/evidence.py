@@ -85,6 +85,15 @@ def point_latest(run_dir: Path, step: str) -> None:
     os.replace(tmp, link)
 
 
+def read_latest(model_runs: Path, step: str) -> dict[str, Any] | None:
+    """evidence.json of the newest run of `step` (via its latest-<step> link), None if absent."""
+    path = Path(model_runs) / f"latest-{safe_name(step)}" / "evidence.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
 class JsonLines:
     """Append-only JSON lines (requests.jsonl); each line is flushed as it is written."""
 

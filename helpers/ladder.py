@@ -9,7 +9,6 @@ model core).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,14 +114,6 @@ def rung_applies(rung: Rung, *, multimodal: bool, failed: list[dict[str, Any]], 
 
 # --- the run ------------------------------------------------------------------------------------
 
-def _latest_record(model_runs: Path, step: str) -> dict[str, Any] | None:
-    path = model_runs / f"latest-{step}" / "evidence.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def summarise(summary: dict[str, Any]) -> None:
     """Fill fixed_by, deterministic and moved from the rung rows (pure; used after every rung)."""
     ran = [r for r in summary["rungs"] if r.get("verdict") not in (None, "SKIPPED")]
@@ -188,7 +179,7 @@ def run_ladder(settings: Settings, out: Callable[[str], None] | None = None,
     multimodal = config_is_multimodal(read_config(model_dir))
     name = ev.safe_name(model_dir.name)
     model_runs = ev.model_runs_dir(settings.runs_dir, name)
-    first = _latest_record(model_runs, f"stage-{settings.stage}")
+    first = ev.read_latest(model_runs, f"stage-{settings.stage}")
     original = None
     if first is not None:
         original = {"step": first.get("step"), "run_dir": first.get("run_dir"), "verdict": first.get("verdict"),

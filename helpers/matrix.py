@@ -35,14 +35,6 @@ CATEGORY4 = {
 TEMPLATE = "matrix.md.j2"
 
 
-def read_latest(model_runs: Path, step: str) -> dict[str, Any] | None:
-    path = model_runs / f"latest-{step}" / "evidence.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _log_path(record: dict[str, Any]) -> str | None:
     if not record.get("log") or not record.get("run_dir"):
         return None
@@ -219,7 +211,7 @@ def capacity_summary(model_runs: Path) -> dict[str, Any] | None:
 
 def build_matrix(model_runs: Path, model: str, backend: str = "") -> dict[str, Any]:
     steps = ("stage-a", "stage-b") + GATE_STEPS
-    records = {step: read_latest(model_runs, step) for step in steps}
+    records = {step: ev.read_latest(model_runs, step) for step in steps}
     backend = backend or next((r["backend"] for r in records.values() if r and r.get("backend")), "")
     features: dict[str, dict[str, Any]] = {"aclgraph": aclgraph_row(records)}
     for step in ("ep", "flashcomm1", "mtp"):
