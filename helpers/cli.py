@@ -29,11 +29,12 @@ def cli() -> None:
 
 
 @cli.command("tiny-model")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="checkpoint directory")
-@click.option("--kind", type=click.Choice(["dense", "moe", "vl"]), default="dense", show_default=True,
-              help="vl: a Qwen2.5-VL shaped config, config and tokenizer only (use --weights dummy)")
-@click.option("--weights", type=click.Choice(["real", "dummy"]), default="real", show_default=True,
-              help="dummy: config and tokenizer only (for --load-format dummy)")
+@click.option("--out", "out", default=None, type=click.Path(path_type=Path),
+              help="checkpoint directory (default: TINY_DIR)")
+@click.option("--kind", type=click.Choice(["dense", "moe", "vl"]), default=None,
+              help="vl: a Qwen2.5-VL shaped config, config and tokenizer only (default: TINY_KIND)")
+@click.option("--weights", type=click.Choice(["real", "dummy"]), default=None,
+              help="dummy: config and tokenizer only, for --load-format dummy (default: TINY_WEIGHTS)")
 @click.option("--shards", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--head-dim", type=click.IntRange(8, 512), default=None,
               help="attention head size (hidden size = 4 x head dim); unusual sizes fail on CPU")
@@ -43,11 +44,18 @@ def cli() -> None:
               help="layers: DeepSeek-V3 (num_nextn_predict_layers); prefix: Qwen3.5 (mtp.*)")
 @click.option("--mtp-weights/--no-mtp-weights", default=True, show_default=True)
 @click.option("--fp8", is_flag=True, help="block-fp8 projections with weight_scale_inv (DeepSeek-V3 style)")
-def tiny_model(out: Path, kind: str, weights: str, shards: int, head_dim: int | None, mtp_layers: int,
-               mtp_style: str, mtp_weights: bool, fp8: bool) -> None:
+def tiny_model(out: Path | None, kind: str | None, weights: str | None, shards: int, head_dim: int | None,
+               mtp_layers: int, mtp_style: str, mtp_weights: bool, fp8: bool) -> None:
     """Generate a tiny deterministic checkpoint with a local tokenizer (no downloads)."""
     from helpers import tinymodel
 
+    documented = _settings()
+    out = out or Path(documented.get("TINY_DIR") or "work/models/tiny-qwen2")
+    kind = kind or documented.get("TINY_KIND") or "dense"
+    weights = weights or documented.get("TINY_WEIGHTS") or "real"
+    if kind not in ("dense", "moe", "vl") or weights not in ("real", "dummy"):
+        raise UsageError(f"TINY_KIND={kind!r} / TINY_WEIGHTS={weights!r} is unknown",
+                         "use TINY_KIND=dense|moe|vl and TINY_WEIGHTS=real|dummy")
     if kind == "vl" and weights == "real":
         raise UsageError("--kind vl is config-only", "add --weights dummy (TINY_WEIGHTS=dummy)")
     spec = tinymodel.TinySpec(kind=kind, mtp_layers=mtp_layers, mtp_style=mtp_style, mtp_weights=mtp_weights,

@@ -23,5 +23,5 @@ run_helper stage --stage b || status=$?
 if [[ "$status" -eq 130 ]]; then exit "$status"; fi
 run_helper matrix
 run_helper report
-echo "demo: done (exit $status); evidence and deliverables under $RUNS_DIR/tiny-qwen2/"
+echo "demo: done (exit $status); evidence and deliverables: the paths printed above"
 exit "$status"

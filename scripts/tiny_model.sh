@@ -3,5 +3,5 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-args=(tiny-model --out "$TINY_DIR" --kind "$TINY_KIND" --weights "$TINY_WEIGHTS")
-run_helper "${args[@]}"
+# TINY_DIR, TINY_KIND and TINY_WEIGHTS (env.example) are read by the helper itself.
+run_helper tiny-model

@@ -39,18 +39,18 @@ def check_common_evidence(run_dir: Path, stage: str) -> dict:
     return record
 
 
-def test_stage_a_then_stage_b_pass_with_evidence(runs_dir, tiny_dense):
-    env = base_env(runs_dir, MODEL=str(tiny_dense), PORT=str(free_port()))
-    result = run_make("stage-a", env)
+def test_make_demo_runs_triage_both_stages_matrix_and_report(runs_dir):
+    """The README's first command, end to end: every stage through make and the real server."""
+    env = base_env(runs_dir, PORT=str(free_port()))
+    result = run_make("demo", env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "PASS stage-a tiny-dense" in result.stdout
-    run_a = latest_run(runs_dir, "tiny-dense", "stage-a")
+    assert "PASS stage-a tiny-qwen2" in result.stdout and "PASS stage-b tiny-qwen2" in result.stdout
+    model_runs = runs_dir / "tiny-qwen2"
+    assert json.loads((model_runs / "triage.json").read_text())["coverage"]["status"] == "ok"
+    run_a = latest_run(runs_dir, "tiny-qwen2", "stage-a")
     record_a = check_common_evidence(run_a, "a")
     assert "--load-format dummy" in (run_a / "command.sh").read_text().replace(" \\\n  ", " ")
-
-    result = run_make("stage-b", env)
-    assert result.returncode == 0, result.stdout + result.stderr
-    run_b = latest_run(runs_dir, "tiny-dense", "stage-b")
+    run_b = latest_run(runs_dir, "tiny-qwen2", "stage-b")
     record_b = check_common_evidence(run_b, "b")
     assert "--load-format" not in record_b["command"]["argv"]
     assert "load_weights_seconds" in record_b["log_evidence"], "real weights leave a load line"
@@ -58,7 +58,10 @@ def test_stage_a_then_stage_b_pass_with_evidence(runs_dir, tiny_dense):
     assert record_b["log_evidence"]["architecture"] == "Qwen2ForCausalLM"
     assert record_b["log_evidence"]["kv_cache_tokens"] > 0
     assert run_a != run_b and run_a.exists(), "earlier evidence is never overwritten"
-    assert record_a["verdict"] == "PASS"
+    matrix = json.loads((model_runs / "matrix.json").read_text())
+    assert matrix["stages"]["stage-a"]["status"] == matrix["stages"]["stage-b"]["status"] == "PASS"
+    report = (model_runs / "deliverables" / "report.zh.md").read_text()
+    assert str(run_b / "serve.log") in report and "没有通过的 Stage B" not in report
 
 
 def test_sigint_during_readiness_leaves_no_process_and_writes_interrupted(runs_dir, tiny_dense):

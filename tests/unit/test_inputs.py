@@ -98,3 +98,16 @@ def test_make_passes_hostile_values_as_data(tmp_path, env):
     result = run_make("stage-a", base_env(tmp_path / "runs"), f"MODEL={hostile}", timeout=60)
     assert hostile in result.stderr
     assert not (REPO / "PWNED").exists()
+
+
+def test_make_tiny_model_takes_its_defaults_from_env_example(tmp_path, env):
+    """Unset variables are not exported by make; the helper reads env.example's defaults."""
+    env["TINY_DIR"] = str(tmp_path / "tiny")
+    result = run_make("tiny-model", env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "tiny" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"]  # TINY_KIND ?= dense
+    assert (tmp_path / "tiny" / "model.safetensors").is_file()  # TINY_WEIGHTS ?= real
+    env["TINY_KIND"] = "huge"
+    bad = subprocess.run(["scripts/tiny_model.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "TINY_KIND='huge'" in one_line_error(bad)
