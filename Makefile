@@ -13,7 +13,6 @@ export $(foreach v,$(VARS),$(if $(filter undefined,$(origin $v)),,$v))
 
 VENV ?= .venv
 export VENV
-export PYTHONPATH := $(CURDIR)
 READY_STAMP := $(VENV)/.bringup-ready
 
 help: ## Print every target with one line

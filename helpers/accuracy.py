@@ -14,8 +14,6 @@ samples) and, when this step started the server, command.sh, serve.log and serve
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
 import os
 import re
@@ -28,17 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from helpers import box, profiles
 from helpers import evidence as ev
-from helpers import profiles
-from helpers.errors import (EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EnvironmentProblem, Interrupted,
-                            UsageError)
-from helpers.logscan import LogScanner
-from helpers.plan import build_plan, mask
-from helpers.readiness import LogTail, Progress, base_url, probe_ready, wait_ready
-from helpers.serve import Server, ServerRecord, recorded_servers, require_free_port
+from helpers.e2e import serve_block
+from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EnvironmentProblem, Interrupted, UsageError
+from helpers.lifecycle import SignalGuard, serving
+from helpers.model import Model
+from helpers.plan import mask, plan_for
+from helpers.readiness import Progress, base_url, probe_ready
+from helpers.serve import ServerRecord, recorded_servers, require_free_port, stop_child_group
 from helpers.settings import Settings
-from helpers.stage import SignalGuard, check_backend_installed
-from helpers.triage import read_config, resolve_model
 
 STEP = "accuracy"
 POLL_SECONDS = 0.5
@@ -46,53 +43,9 @@ LM_EVAL_STOP_GRACE = 10.0
 # Offline always: no dataset or tokenizer download at run time (stock tasks need the HF cache).
 OFFLINE_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
-# serve flags -> keys of the e2e YAML `serve:` block (ascend-facts.md section 5), with a type.
-SERVE_FLAGS: dict[str, tuple[str, str]] = {
-    "--tensor-parallel-size": ("tensor_parallel_size", "int"),
-    "--max-model-len": ("max_model_len", "length"),
-    "--gpu-memory-utilization": ("gpu_memory_utilization", "float"),
-    "--enable-expert-parallel": ("enable_expert_parallel", "flag"),
-    "--enforce-eager": ("enforce_eager", "flag"),
-    "--quantization": ("quantization", "str"),
-    "--trust-remote-code": ("trust_remote_code", "flag"),
-    "--dtype": ("dtype", "str"),
-}
-
-
-def _length(text: str) -> int:
-    match = re.fullmatch(r"(\d+)([kKmM]?)", text.strip())
-    if not match:
-        return int(float(text))
-    return int(match.group(1)) * {"": 1, "k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2}[match.group(2)]
-
-
-def serve_block(argv: list[str]) -> dict[str, Any]:
-    """The serve options of a recorded argv that the e2e YAML's `serve:` block knows."""
-    block: dict[str, Any] = {}
-    index = 0
-    while index < len(argv):
-        arg = argv[index]
-        flag, _, inline = arg.partition("=")
-        if flag in SERVE_FLAGS:
-            key, kind = SERVE_FLAGS[flag]
-            if kind == "flag":
-                block[key] = True
-            else:
-                value = inline if inline else (argv[index + 1] if index + 1 < len(argv) else "")
-                if not inline:
-                    index += 1
-                block[key] = {"int": int, "float": float, "length": _length, "str": str}[kind](value)
-        index += 1
-    return block
-
 
 def lm_eval_version() -> str | None:
-    for name in ("lm_eval", "lm-eval"):
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+    return box.package_version("lm_eval") or box.package_version("lm-eval")
 
 
 # ----------------------------------------------------------------------------- the server
@@ -103,13 +56,7 @@ class ServerChoice:
     argv: list[str]
     reused: bool
     run_dir: str
-    record: ServerRecord | None = None
-    server: Server | None = None
-
-    def alive(self) -> bool:
-        if self.server is not None:
-            return self.server.alive()
-        return self.record is not None and self.record.is_alive_and_ours()
+    alive: Callable[[], bool]
 
 
 def find_running_server(settings: Settings, model_name: str) -> tuple[ServerRecord, dict[str, Any]] | None:
@@ -138,15 +85,8 @@ def find_running_server(settings: Settings, model_name: str) -> tuple[ServerReco
 
 
 # ----------------------------------------------------------------------------- lm-eval
-def task_names(text: str) -> list[str]:
-    names = [t.strip() for t in re.split(r"[,\s]+", text or "") if t.strip()]
-    if not names:
-        raise UsageError("TASKS is empty", "set TASKS=gsm8k (comma-separated lm-eval task names)")
-    return names
-
-
 def lm_eval_argv(*, python: str, served_name: str, url: str, tasks: list[str], num_fewshot: int | None,
-                 limit: str, output_dir: Path, dataset_dir: Path | None, num_concurrent: int,
+                 limit: int | float | None, output_dir: Path, dataset_dir: Path | None, num_concurrent: int,
                  request_timeout: int) -> list[str]:
     model_args = ",".join([
         f"model={served_name}",
@@ -160,8 +100,8 @@ def lm_eval_argv(*, python: str, served_name: str, url: str, tasks: list[str], n
             "--tasks", ",".join(tasks), "--output_path", str(output_dir), "--log_samples"]
     if num_fewshot is not None:
         argv += ["--num_fewshot", str(num_fewshot)]
-    if limit:
-        argv += ["--limit", limit]
+    if limit is not None:
+        argv += ["--limit", str(limit)]
     if dataset_dir is not None:
         argv += ["--include_path", str(dataset_dir)]
     return argv
@@ -172,7 +112,7 @@ def find_results_file(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def parse_results(path: Path, tasks: list[str], limit: str) -> list[dict[str, Any]]:
+def parse_results(path: Path, tasks: list[str], limit: int | float | None) -> list[dict[str, Any]]:
     """Metrics per requested task, names exactly as lm-eval writes them ("exact_match,strict-match").
     Standard errors are kept apart (`stderr`), lm-eval's `alias` is dropped."""
     data = ev.read_json(path)
@@ -192,15 +132,9 @@ def parse_results(path: Path, tasks: list[str], limit: str) -> list[dict[str, An
             metric, _, _filter = key.partition(",")
             (stderr if metric.endswith("_stderr") else metrics)[key] = value
         samples = n_samples.get(name) or {}
-        parsed.append({"name": name, "num_fewshot": n_shot.get(name), "limit": _number(limit),
+        parsed.append({"name": name, "num_fewshot": n_shot.get(name), "limit": limit,
                        "samples": samples.get("effective"), "metrics": metrics, "stderr": stderr})
     return parsed
-
-
-def _number(text: str) -> int | float | None:
-    if not text:
-        return None
-    return float(text) if "." in text else int(text)
 
 
 def _last_line(path: Path) -> str:
@@ -226,92 +160,66 @@ def _error_line(path: Path) -> str:
     return next((line.strip()[:300] for line in reversed(lines) if line.strip()), "")
 
 
-def stop_process_group(process: subprocess.Popen, grace: float = LM_EVAL_STOP_GRACE) -> None:
-    if process.poll() is not None:
-        return
-    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(process.pid, signum)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 # ----------------------------------------------------------------------------- the run
 class AccuracyRun:
-    def __init__(self, settings: Settings, out: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: Settings, model: Model, out: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self.model = model
         self.out = out or (lambda line: print(line, flush=True))
-        self.tasks = task_names(settings.get("TASKS", "gsm8k"))
-        fewshot = settings.get("NUM_FEWSHOT", "").strip()
-        if fewshot and not fewshot.isdigit():
-            raise UsageError(f"NUM_FEWSHOT={fewshot!r} is not a whole number", "set NUM_FEWSHOT=5 (or 0)")
-        self.num_fewshot = int(fewshot) if fewshot else None
-        self.limit = settings.get("LIMIT", "").strip()
-        if self.limit and not re.fullmatch(r"\d+|0?\.\d+", self.limit):
-            raise UsageError(f"LIMIT={self.limit!r} is neither a count nor a fraction below 1",
-                             "set LIMIT=50 (samples per task) or LIMIT=0.1, or leave it empty for all")
-        dataset = settings.get("DATASET_DIR", "").strip()
-        self.dataset_dir = Path(dataset).expanduser().resolve() if dataset else None
+        if not settings.tasks:
+            raise UsageError("TASKS is empty", "set TASKS=gsm8k (comma-separated lm-eval task names)")
+        self.tasks = settings.tasks
+        self.dataset_dir = settings.dataset_dir
         if self.dataset_dir is not None and not self.dataset_dir.is_dir():
-            raise UsageError(f"DATASET_DIR={dataset!r} is not a directory",
+            raise UsageError(f"DATASET_DIR={str(self.dataset_dir)!r} is not a directory",
                              "point it at a directory of lm-eval task YAMLs and their local data files")
         self.profile = profiles.load(settings.backend)
-        self.model_path = resolve_model(settings)
-        self.config = read_config(self.model_path)
-        self.model_name = ev.safe_name(self.model_path.name)
-        self.token = os.environ.get("BRINGUP_RUN_TOKEN", f"pid-{os.getpid()}")
+        self.model_name = model.name
         self.secrets = [settings.api_key] if settings.api_key else []
         self.run_dir: Path | None = None
         self.record: dict[str, Any] = {}
-        self.started: Server | None = None
 
     def _save(self) -> None:
         assert self.run_dir is not None
         text = mask(json.dumps(self.record, indent=2, ensure_ascii=False, default=str), self.secrets)
         ev.atomic_write_text(self.run_dir / "accuracy.json", text + "\n")
 
-    def _start_server(self, progress: Progress) -> ServerChoice | None:
-        """Start a Stage B server for the run; None when it never became ready (recorded)."""
+    def _serve_and_evaluate(self, progress: Progress) -> int:
+        """Start a Stage B server for the run, run lm-eval against it, stop it."""
         assert self.run_dir is not None
-        served = self.settings.served_name or self.model_path.name
-        plan = build_plan(
-            self.profile, model_path=str(self.model_path), served_name=served, stage="b",
-            host=self.settings.host, port=self.settings.port, tp=self.settings.tp,
-            max_model_len=self.settings.max_model_len, max_num_seqs=self.settings.max_num_seqs,
-            dtype=self.settings.dtype, extra_args=self.settings.extra_args, api_key=self.settings.api_key,
-            work_dir=self.settings.work_dir)
+        plan = plan_for(self.profile, self.settings, self.model, "b")
         header = (f"Server of {self.run_dir} (accuracy, Stage B plan, backend {self.profile.name}).\n"
                   "Written by the bring-up toolkit; runs the server in the foreground, Ctrl-C stops it.")
         command_sh = self.run_dir / "command.sh"
         ev.atomic_write_text(command_sh, mask(plan.command_sh(header), self.secrets))
         command_sh.chmod(0o755)
-        log_path = self.run_dir / "serve.log"
-        url = base_url(self.settings.host, self.settings.port)
-        self.out(f"[accuracy {self.model_name}] starting a Stage B {self.profile.name} server on {url}")
-        server = Server.start(plan, log_path, self.settings.runs_dir, self.token)
-        self.started = server  # stopped in run()'s finally, also when interrupted while waiting
-        choice = ServerChoice(url, served, plan.argv, False, str(self.run_dir), server.record, server)
-        self.record["server"] = {"reused": False, "run_dir": str(self.run_dir), "log": "serve.log",
-                                 "command": plan.shell_line(), "pid": server.pid}
-        self._save()
-        tail = LogTail(log_path, LogScanner())
-        outcome = wait_ready(server, tail, url, served, timeout=self.settings.ready_timeout,
-                             stall_timeout=self.settings.stall_timeout, api_key=self.settings.api_key,
-                             progress=progress)
-        progress.done()
-        self.record["server"]["readiness"] = outcome.to_dict()
-        self._save()
-        if outcome.state != "ready":
-            self.record["verdict"] = "FAIL"
-            self.record["reason"] = f"the server never became ready: {outcome.state} ({outcome.detail})"
-            return choice
-        self.out(f"[accuracy {self.model_name}] server ready in {outcome.elapsed:.1f} s")
-        return choice
+        self.out(f"[accuracy {self.model_name}] starting a Stage B {self.profile.name} server on "
+                 f"{base_url(plan.host, plan.port)}")
+        code = EXIT_FAIL
+        session = None
+        try:
+            with serving(plan, self.run_dir / "serve.log", runs_dir=self.settings.runs_dir,
+                         token=self.settings.run_token) as session:
+                self.record["server"] = {"reused": False, "run_dir": str(self.run_dir), "log": "serve.log",
+                                         "command": plan.shell_line(), "pid": session.server.pid}
+                self._save()
+                outcome = session.wait_ready(timeout=self.settings.ready_timeout,
+                                             stall_timeout=self.settings.stall_timeout,
+                                             api_key=self.settings.api_key, progress=progress)
+                self.record["server"]["readiness"] = outcome.to_dict()
+                self._save()
+                if outcome.state != "ready":
+                    self.record["verdict"] = "FAIL"
+                    self.record["reason"] = f"the server never became ready: {outcome.state} ({outcome.detail})"
+                else:
+                    self.out(f"[accuracy {self.model_name}] server ready in {outcome.elapsed:.1f} s")
+                    choice = ServerChoice(session.url, plan.served_name, plan.argv, False, str(self.run_dir),
+                                          session.server.alive)
+                    code = self._run_lm_eval(choice, progress)
+        finally:
+            if session is not None:  # stopped by serving(), also when interrupted
+                self.record["server"]["stop"] = session.stop_how
+        return code
 
     def _run_lm_eval(self, choice: ServerChoice, progress: Progress) -> int:
         assert self.run_dir is not None
@@ -319,7 +227,7 @@ class AccuracyRun:
         block = serve_block(choice.argv)
         concurrency = self.settings.max_num_seqs or _flag_int(choice.argv, "--max-num-seqs") or 1
         argv = lm_eval_argv(python=sys.executable, served_name=choice.served_name, url=choice.url,
-                            tasks=self.tasks, num_fewshot=self.num_fewshot, limit=self.limit,
+                            tasks=self.tasks, num_fewshot=self.settings.num_fewshot, limit=self.settings.limit,
                             output_dir=output_dir, dataset_dir=self.dataset_dir,
                             num_concurrent=min(concurrency, 8), request_timeout=self.settings.request_timeout)
         env = dict(os.environ)
@@ -356,7 +264,7 @@ class AccuracyRun:
             while process.poll() is None:
                 if not choice.alive():
                     time.sleep(1.0)  # let lm-eval log the refused connection
-                    stop_process_group(process)
+                    stop_child_group(process, LM_EVAL_STOP_GRACE)
                     self.record["verdict"] = "FAIL"
                     self.record["reason"] = ("the server died while lm-eval was running"
                                              + (f"; see {choice.run_dir}/serve.log" if not choice.reused else ""))
@@ -364,7 +272,7 @@ class AccuracyRun:
                 progress.update(time.monotonic() - started, "lm-eval", _last_line(log_path))
                 time.sleep(POLL_SECONDS)
         finally:
-            stop_process_group(process)
+            stop_child_group(process, LM_EVAL_STOP_GRACE)
             progress.done()
         self.record["lm_eval"]["returncode"] = process.returncode
         self.record["lm_eval"]["elapsed_s"] = round(time.monotonic() - started, 3)
@@ -378,26 +286,26 @@ class AccuracyRun:
             self.record["verdict"] = "FAIL"
             self.record["reason"] = f"lm-eval finished but wrote no results_*.json under {output_dir}"
             return EXIT_FAIL
-        self.record["tasks"] = parse_results(results, self.tasks, self.limit)
+        self.record["tasks"] = parse_results(results, self.tasks, self.settings.limit)
         self.record["results_file"] = str(results.relative_to(self.run_dir))
         self.record["verdict"] = "PASS"
         self.record["reason"] = "lm-eval finished; metrics as lm-eval reports them"
         return EXIT_PASS
 
     def run(self) -> int:
-        if importlib.util.find_spec("lm_eval") is None:
+        if not box.module_importable("lm_eval"):
             raise EnvironmentProblem("lm-eval is not installed in this Python",
                                      "run `make accuracy`, which installs lm-eval[api]==0.4.13 into the venv")
         running = find_running_server(self.settings, self.model_name)
         if running is None:  # checked before any evidence is written: nothing to clean up
-            check_backend_installed(self.profile)
+            self.profile.check_installed()
             require_free_port(self.settings.host, self.settings.port, self.settings.runs_dir)
         self.run_dir = ev.new_run_dir(self.settings.runs_dir, self.model_name, STEP)
         self.record = {
             "schema": 1, "status": "running", "step": STEP, "model": self.model_name,
-            "model_path": str(self.model_path), "served_name": None, "backend": self.profile.name,
-            "tasks": [], "requested": {"tasks": self.tasks, "num_fewshot": self.num_fewshot,
-                                       "limit": _number(self.limit),
+            "model_path": str(self.model.checkpoint), "served_name": None, "backend": self.profile.name,
+            "tasks": [], "requested": {"tasks": self.tasks, "num_fewshot": self.settings.num_fewshot,
+                                       "limit": self.settings.limit,
                                        "dataset_dir": str(self.dataset_dir) if self.dataset_dir else None},
             # How lm-eval was driven: plain completions, no chat template (the e2e YAML says so too).
             "apply_chat_template": False, "fewshot_as_multiturn": False,
@@ -408,37 +316,35 @@ class AccuracyRun:
         self._save()
         label = f"accuracy {self.model_name}"
         progress = Progress(label)
-        choice: ServerChoice | None = None
         code = EXIT_FAIL
         with SignalGuard():
             try:
                 if running is not None:
-                    record, evidence = running
-                    served = evidence.get("served_name") or self.settings.served_name or self.model_path.name
-                    url = base_url(record.host, record.port)
-                    ready, why = probe_ready(url, served, self.settings.api_key)
-                    if not ready:
-                        raise EnvironmentProblem(f"our server on port {record.port} (run {record.run_dir}) is not ready: {why}",
-                                                 f"wait for it or stop it with `make hygiene PORT={record.port}`")
-                    argv = (evidence.get("command") or {}).get("argv") or shlex.split(record.command)
-                    choice = ServerChoice(url, served, argv, True, record.run_dir, record)
-                    self.record["server"] = {"reused": True, "run_dir": record.run_dir, "log": "serve.log",
-                                             "command": record.command, "pid": record.pid}
-                    self.out(f"[{label}] using our running server on {url} (run {record.run_dir})")
+                    code = self._reuse_and_evaluate(*running, progress)
                 else:
-                    choice = self._start_server(progress)
-                if choice is not None and self.record.get("verdict") is None:
-                    code = self._run_lm_eval(choice, progress)
+                    code = self._serve_and_evaluate(progress)
             except Interrupted as stop:
                 progress.done()
                 self.record["verdict"] = "INTERRUPTED"
                 self.record["reason"] = f"interrupted by signal {signal.Signals(stop.signum).name}"
                 code = EXIT_INTERRUPTED
             finally:
-                if self.started is not None:
-                    self.record.setdefault("server", {})["stop"] = self.started.stop()
                 self._finish()
         return code
+
+    def _reuse_and_evaluate(self, record: ServerRecord, evidence: dict[str, Any], progress: Progress) -> int:
+        served = evidence.get("served_name") or self.model.served_name
+        url = base_url(record.host, record.port)
+        ready, why = probe_ready(url, served, self.settings.api_key)
+        if not ready:
+            raise EnvironmentProblem(f"our server on port {record.port} (run {record.run_dir}) is not ready: {why}",
+                                     f"wait for it or stop it with `make hygiene PORT={record.port}`")
+        argv = (evidence.get("command") or {}).get("argv") or shlex.split(record.command)
+        choice = ServerChoice(url, served, argv, True, record.run_dir, record.is_alive_and_ours)
+        self.record["server"] = {"reused": True, "run_dir": record.run_dir, "log": "serve.log",
+                                 "command": record.command, "pid": record.pid}
+        self.out(f"[accuracy {self.model_name}] using our running server on {url} (run {record.run_dir})")
+        return self._run_lm_eval(choice, progress)
 
     def _finish(self) -> None:
         assert self.run_dir is not None

@@ -6,12 +6,14 @@ reaches the user for bad input or a missing environment.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import click
 
 from helpers.errors import EXIT_USAGE, BringupError, UsageError
+from helpers.settings import REPO_ROOT
 
 
 class Group(click.Group):
@@ -50,9 +52,9 @@ def tiny_model(out: Path | None, kind: str | None, weights: str | None, shards: 
     from helpers import tinymodel
 
     documented = _settings()
-    out = out or Path(documented.get("TINY_DIR") or "work/models/tiny-qwen2")
-    kind = kind or documented.get("TINY_KIND") or "dense"
-    weights = weights or documented.get("TINY_WEIGHTS") or "real"
+    out = out or documented.tiny_dir or Path("work/models/tiny-qwen2")
+    kind = kind or documented.tiny_kind
+    weights = weights or documented.tiny_weights
     if kind not in ("dense", "moe", "vl") or weights not in ("real", "dummy"):
         raise UsageError(f"TINY_KIND={kind!r} / TINY_WEIGHTS={weights!r} is unknown",
                          "use TINY_KIND=dense|moe|vl and TINY_WEIGHTS=real|dummy")
@@ -72,6 +74,13 @@ def _settings(**overrides: str | None):
     return settings.load({k.upper(): v for k, v in overrides.items()})
 
 
+def _model(settings, *, evidence_only: bool = False):
+    """MODEL, resolved once for the whole command."""
+    from helpers import model
+
+    return model.resolve(settings, evidence_only=evidence_only)
+
+
 @cli.command("stage")
 @click.option("--stage", "stage", type=click.Choice(["a", "b"]), required=True,
               help="a: dummy weights (fast gate); b: real weights (mandatory gate)")
@@ -81,7 +90,7 @@ def stage_cmd(stage: str, step: str | None) -> None:
     from helpers.stage import StageRequest, StageRun
 
     settings = _settings()
-    run = StageRun(settings, StageRequest(step=step or f"stage-{stage}", stage=stage))
+    run = StageRun(settings, _model(settings), StageRequest(step=step or f"stage-{stage}", stage=stage))
     code = run.run()
     _write_junit(settings, [run.record])
     sys.exit(code)
@@ -94,7 +103,7 @@ def capacity_cmd() -> None:
     from helpers.capacity import CapacitySweep
 
     settings = _settings()
-    sweep = CapacitySweep(settings)
+    sweep = CapacitySweep(settings, _model(settings))
     code = sweep.run()
     _write_junit(settings, [dict(c, step=f"capacity-{c['key']}") for c in sweep.cells
                             if c.get("verdict") != "NOT_RUN"])
@@ -152,7 +161,7 @@ def diagnose_cmd(log: str | None, as_json: bool, model: str | None) -> None:
     from helpers.errors import UsageError
 
     loaded = _settings()
-    path = log if log is not None else loaded.get("LOG", "").strip()
+    path = log if log else str(loaded.log or "")
     if not path:
         raise UsageError("no log given", "run make diagnose LOG=path/to/server.log")
     diag = logscan.diagnose(path, model=model if model is not None else loaded.model)
@@ -178,15 +187,18 @@ def triage_command(model: str | None, backend: str | None, as_json: bool, regist
 
     from helpers import settings as settings_module
     from helpers import triage
+    from helpers.triage_view import render_table
 
     settings = settings_module.load({"MODEL": model, "BACKEND": backend})
+    resolved = _model(settings)
     if sys.stderr.isatty():
         click.echo("triage: reading config and safetensors headers; asking vLLM's registry ...", err=True)
-    record = triage.triage(settings, registry=registry, registry_timeout=registry_timeout)
-    path = triage.triage_path(settings, record.model["name"])
+    record = triage.triage(settings, resolved, registry=registry, registry_timeout=registry_timeout)
+    path = triage.triage_path(resolved)
     kept = triage.write_record(record, path)
     data = record.to_dict()
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else triage.render_table(data))
+    as_json = as_json or settings.triage_json
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else render_table(data))
     if not as_json:
         click.echo(f"triage.json: {path}" + (f" (previous kept as {kept.name})" if kept else ""))
     if record.errors:
@@ -201,6 +213,7 @@ def triage_command(model: str | None, backend: str | None, as_json: bool, regist
 def signatures_doc_cmd(out: Path | None, check: bool) -> None:
     """Render the Chinese failure-signature quick reference from helpers/signatures.yaml."""
     from helpers import render_signatures
+    from helpers.evidence import atomic_write_text
 
     target = out or render_signatures.DEFAULT_OUT
     text = render_signatures.render()
@@ -215,10 +228,7 @@ def signatures_doc_cmd(out: Path | None, check: bool) -> None:
     if current == text:
         click.echo(f"{target} already up to date")
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(target)
+    atomic_write_text(target, text)
     click.echo(f"wrote {target}")
 
 
@@ -228,7 +238,8 @@ def accuracy_cmd() -> None:
     Stage B server started for it; writes accuracy.json with lm-eval's metric names."""
     from helpers.accuracy import AccuracyRun
 
-    sys.exit(AccuracyRun(_settings()).run())
+    settings = _settings()
+    sys.exit(AccuracyRun(settings, _model(settings)).run())
 
 
 @cli.command("report")
@@ -236,11 +247,23 @@ def accuracy_cmd() -> None:
               help="directory for the rendered files (default RUNS_DIR/<model>/deliverables)")
 def report_cmd(out: Path | None) -> None:
     """Render the Chinese report and runbook, the e2e YAML, the tutorial (when DELIVERY_REPO is
-    set: its docs system decides the syntax) and the issue comment, from recorded evidence."""
+    set: its docs system decides the syntax) and the issue comment, from recorded evidence (the
+    matrix is rebuilt from it first)."""
+    from helpers import deliver, matrix
     from helpers.render import render_all
 
     settings = _settings()
-    result = render_all(settings, out_dir=out)
+    model = _model(settings, evidence_only=True)
+    docs = changes = None
+    if settings.delivery_repo is not None:
+        if not settings.delivery_repo.is_dir():
+            raise UsageError(f"DELIVERY_REPO={str(settings.delivery_repo)!r} is not a directory",
+                             "point it at a vllm-ascend checkout")
+        docs = deliver.detect_docs_system(settings.delivery_repo)
+        changes = deliver.staged_changes(docs.repo)
+    matrix.write_matrix(model, settings.backend)
+    result = render_all(settings, model, out_dir=out, docs_kind=docs.kind if docs else None,
+                        delivery_changes=changes)
     for line in result.summary_lines():
         click.echo(line)
 
@@ -249,10 +272,18 @@ def report_cmd(out: Path | None) -> None:
 def deliver_cmd() -> None:
     """Copy the e2e YAML and tutorial (and the nav/toctree entry) into DELIVERY_REPO and make one
     signed commit that also holds the code changes already staged there."""
-    from helpers.deliver import deliver
+    from helpers import deliver, matrix
+    from helpers.render import render_all
 
-    for line in deliver(_settings()):
+    settings = _settings()
+    model = _model(settings, evidence_only=True)
+    delivery = deliver.prepare(settings, model)
+    matrix.write_matrix(model, settings.backend)
+    rendered = render_all(settings, model, docs_kind=delivery.docs.kind,
+                          delivery_changes=deliver.staged_changes(delivery.repo))
+    for line in deliver.commit(delivery, rendered.files, rendered.signed_off):
         click.echo(line)
+
 
 @cli.command("gate")
 @click.argument("name")
@@ -265,7 +296,7 @@ def gate_cmd(name: str) -> None:
     from helpers import gates
 
     settings = _settings()
-    code, record = gates.run_gate(settings, name)
+    code, record = gates.run_gate(settings, _model(settings), name)
     _write_junit(settings, [record])
     sys.exit(code)
 
@@ -276,7 +307,7 @@ def ladder_cmd() -> None:
     from helpers import ladder
 
     settings = _settings()
-    code, summary = ladder.run_ladder(settings)
+    code, summary = ladder.run_ladder(settings, _model(settings))
     _write_junit(settings, summary.get("records", []))
     sys.exit(code)
 
@@ -289,14 +320,27 @@ def matrix_cmd(exit_code: bool) -> None:
     from helpers import matrix
 
     settings = _settings()
-    data, json_path, md_path = matrix.write_matrix(settings)
+    data, json_path, md_path = matrix.write_matrix(_model(settings, evidence_only=True), settings.backend)
     click.echo(matrix.render_terminal(data))
     click.echo(f"matrix: {json_path}\n        {md_path}")
     if exit_code:
         sys.exit(matrix.exit_code(data))
 
 
+def restore_box_pythonpath() -> None:
+    """scripts/lib.sh puts this repo first on PYTHONPATH so `python -m helpers` imports; every
+    process we start (servers, lm-eval, probes) gets the box's own PYTHONPATH back, unchanged."""
+    parts = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if parts and parts[0] and Path(parts[0]).resolve() == REPO_ROOT:
+        rest = parts[1:]
+        if rest:
+            os.environ["PYTHONPATH"] = os.pathsep.join(rest)
+        else:
+            del os.environ["PYTHONPATH"]
+
+
 def main() -> None:
+    restore_box_pythonpath()
     try:
         cli.main(prog_name="helpers", standalone_mode=True)
     except BringupError as exc:  # raised outside a command (e.g. while parsing settings)

@@ -7,6 +7,7 @@ point leaves valid JSON describing what was done.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 VERDICTS = ("PASS", "FAIL", "NOT_APPLICABLE", "CHECKPOINT_MISSING", "FRAMEWORK_UNSUPPORTED", "INTERRUPTED")
 
@@ -86,12 +87,45 @@ def point_latest(run_dir: Path, step: str) -> None:
 
 
 def read_latest(model_runs: Path, step: str) -> dict[str, Any] | None:
-    """evidence.json of the newest run of `step` (via its latest-<step> link), None if absent."""
-    path = Path(model_runs) / f"latest-{safe_name(step)}" / "evidence.json"
+    """evidence.json of the newest run of `step` (via its latest-<step> link), None if absent.
+    Its run_dir is where the evidence is now (a copied or moved RUNS_DIR stays consistent)."""
+    link = Path(model_runs) / f"latest-{safe_name(step)}"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads((link / "evidence.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
+    if isinstance(record, dict) and "run_dir" in record:
+        record["run_dir"] = str(link.resolve())
+    return record
+
+
+def cached_json(cache_dir: Path, kind: str, key: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """compute(), kept in cache_dir/<kind>-<hash of key>.json and reused while the key is the same."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{kind}-{digest}.json"
+    try:
+        cached = json.loads(path.read_text(encoding="utf-8"))
+        if cached.get("key") == json.loads(json.dumps(key, default=str)):
+            return cached["value"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    value = compute()
+    atomic_write_json(path, {"key": key, "created": utc_iso(), "value": value})
+    return value
+
+
+def iter_evidence(model_runs: Path, filename: str = "evidence.json") -> Iterator[tuple[Path, dict[str, Any]]]:
+    """(run dir, record) of every recorded run of a model, in directory (time) order; latest-*
+    links and unreadable files are skipped."""
+    for path in sorted(Path(model_runs).glob(f"*/{filename}")):
+        if path.parent.is_symlink():
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(record, dict):
+            yield path.parent, record
 
 
 class JsonLines:

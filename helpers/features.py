@@ -1,16 +1,19 @@
-"""Feature rules (helpers/features.yaml) and their evaluation against triage facts.
+"""The switch rules as data: features (helpers/features.yaml), the gates that run them
+(helpers/gates.yaml) and the fallback ladder's rungs (helpers/ladder.yaml), and the evaluation
+of the feature rules against triage facts.
 
-The rules are data; this module only reads them and decides, for one model on one box, which
-of the workflow's four categories each feature falls in, with the evidence for the decision and
-the flags/env that turn the feature on for the installed version. The feature gates reuse
-`load_rules` and `assess` so triage and the gates never disagree.
+This module reads the rules and decides, for one model on one box, which of the workflow's four
+categories each feature falls in, with the evidence for the decision and the flags/env that turn
+the feature on for the installed version. Triage, the gates and the ladder all read the rules
+here, so they never disagree. Every YAML key maps onto a dataclass field: an unknown key is
+refused when the file is read.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from string import Template
 from typing import Any, Callable
@@ -18,8 +21,12 @@ from typing import Any, Callable
 import yaml
 
 from helpers.errors import UsageError
+from helpers.plan import Variant
+from helpers.logscan import load_catalog
 
 RULES_PATH = Path(__file__).resolve().parent / "features.yaml"
+GATES_PATH = Path(__file__).resolve().parent / "gates.yaml"
+LADDER_PATH = Path(__file__).resolve().parent / "ladder.yaml"
 
 SUPPORTED = "supported"
 FRAMEWORK_UNSUPPORTED = "framework-unsupported"
@@ -57,11 +64,10 @@ class FeatureRule:
     framework_unsupported_because: str = ""
     flags: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    evidence: Any = None
-    failure_evidence: list[str] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)   # evidence keys of helpers/signatures.yaml
+    failures: list[str] = field(default_factory=list)   # signature ids of the feature's refusals
+    metrics: str | None = None                          # evidence key recorded as feature_metrics
     versions: list[VersionRule] = field(default_factory=list)
-    fallbacks: list[dict[str, Any]] = field(default_factory=list)
-    notes: str = ""
 
 
 @dataclass
@@ -101,17 +107,31 @@ class RuleSet:
         return str(self.categories.get(category, {}).get(lang, category))
 
 
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"cannot read rules {path}: {exc}".splitlines()[0]) from None
+
+
+def _build(cls: type, entry: dict[str, Any], where: str) -> Any:
+    """A dataclass from a YAML mapping; a key no code reads is refused, not ignored."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(entry) - known)
+    if unknown:
+        raise UsageError(f"{where}: unknown key(s) {unknown}", f"use only {sorted(known)}")
+    return cls(**entry)
+
+
 def load_rules(path: Path | None = None) -> RuleSet:
     path = path or RULES_PATH
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"cannot read feature rules {path}: {exc}".splitlines()[0]) from None
+    data = _read_yaml(path)
     features = []
     for entry in data.get("features") or []:
         entry = dict(entry)
-        versions = [VersionRule(**v) for v in entry.pop("versions", None) or []]
-        features.append(FeatureRule(versions=versions, **entry))
+        where = f"{path.name} feature {entry.get('id')}"
+        versions = [_build(VersionRule, v, where) for v in entry.pop("versions", None) or []]
+        features.append(_build(FeatureRule, {**entry, "versions": versions}, where))
     categories = data.get("categories") or {}
     missing = [c for c in CATEGORIES if c not in categories]
     if missing:
@@ -200,29 +220,25 @@ def _module_importable(name: str) -> bool:
         return False
 
 
-def _log_evidence(rule: FeatureRule, backend: str) -> list[str]:
-    evidence = rule.evidence
-    if isinstance(evidence, list):
-        return [str(x) for x in evidence]
-    if isinstance(evidence, dict):
-        chosen = evidence.get(backend, evidence.get("any", []))
-        return [str(x) for x in chosen] if isinstance(chosen, list) else [str(chosen)]
-    return [str(evidence)] if evidence else []
+def evidence_regexes(keys: list[str]) -> list[str]:
+    """What the log must show for these evidence keys (their regexes in signatures.yaml)."""
+    catalog = load_catalog()
+    # a key left as "$fact" names a fact these facts lack: nothing to show for it
+    return [p.pattern for key in keys if key and not key.startswith("$") for p in catalog.evidence_patterns(key)]
 
 
 def assess(rule: FeatureRule, rules: RuleSet, facts: dict[str, Any], *,
            versions: dict[str, str | None] | None = None,
            source_probe: SourceProbe | None = None,
            module_probe: Callable[[str], bool] = _module_importable) -> FeatureAssessment:
-    backend = str(facts.get("backend", ""))
-
     def result(category: str, evidence: str, *, flags: list[str] | None = None,
                env: dict[str, str] | None = None, mode: str | None = None) -> FeatureAssessment:
         return FeatureAssessment(
             id=rule.id, name=rule.name, zh=rule.zh, category=category, verdict=rules.verdict(category),
             evidence=evidence, flags=[render(f, facts) for f in (rule.flags if flags is None else flags)],
             env={k: render(str(v), facts) for k, v in (rule.env if env is None else env).items()},
-            log_evidence=_log_evidence(rule, backend), make_target=rule.make_target, version_mode=mode,
+            log_evidence=evidence_regexes([render(k, facts) for k in rule.evidence]),
+            make_target=rule.make_target, version_mode=mode,
         )
 
     if not condition_holds(rule.applies_when, facts):
@@ -230,7 +246,7 @@ def assess(rule: FeatureRule, rules: RuleSet, facts: dict[str, Any], *,
     if not condition_holds(rule.checkpoint_requires, facts):
         return result(CHECKPOINT_MISSING, render(rule.checkpoint_missing_because or "checkpoint lacks it", facts))
     backends = rule.requires.get("backends") or []
-    if backends and backend not in backends:
+    if backends and facts.get("backend") not in backends:
         return result(FRAMEWORK_UNSUPPORTED, render(rule.framework_unsupported_because
                                                     or f"needs backend {backends}", facts))
     missing_modules = [m for m in rule.requires.get("modules") or [] if not module_probe(m)]
@@ -261,3 +277,67 @@ def assess_all(facts: dict[str, Any], *, rules: RuleSet | None = None,
     rules = rules or load_rules()
     return [assess(rule, rules, facts, versions=versions, source_probe=source_probe, module_probe=module_probe)
             for rule in rules.features]
+
+
+# --- gates and ladder rungs -------------------------------------------------------------------
+
+@dataclass
+class GateSpec:
+    name: str
+    feature: str | None = None
+    applies_when: dict[str, Any] = field(default_factory=dict)
+    because: str = ""
+    flags: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    extra_flags_when: list[dict[str, Any]] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)
+    contradicted_by: list[str] = field(default_factory=list)
+    env_evidence: str = ""
+    skips_requests: list[str] = field(default_factory=list)
+
+    def variant(self, name: str | None = None) -> Variant:
+        """An isolation gate's switch as a serve-plan variant."""
+        return Variant(name=name or self.name, flags=list(self.flags), env=dict(self.env),
+                       skip_requests=list(self.skips_requests))
+
+
+def load_specs(path: Path | None = None) -> dict[str, GateSpec]:
+    path = path or GATES_PATH
+    data = _read_yaml(path)
+    return {name: _build(GateSpec, {"name": name, **(entry or {})}, f"{path.name} gate {name}")
+            for name, entry in (data.get("gates") or {}).items()}
+
+
+WHEN = ("always", "dynamo-related", "multimodal")
+
+
+@dataclass
+class Rung:
+    id: str
+    why: str = ""
+    when: str = "always"
+    gate: str | None = None  # the isolation gate whose switch this rung adds (None: the base command)
+    variant: Variant = field(default_factory=Variant)
+
+
+@dataclass
+class LadderSpec:
+    rungs: list[Rung]
+    dynamo_related: re.Pattern
+
+
+def load_ladder(path: Path | None = None, gates: dict[str, GateSpec] | None = None) -> LadderSpec:
+    path = path or LADDER_PATH
+    data = _read_yaml(path)
+    gates = gates or load_specs()
+    rungs = []
+    for entry in data.get("rungs") or []:
+        rung = _build(Rung, dict(entry), f"{path.name} rung {entry.get('id')}")
+        if rung.when not in WHEN:
+            raise UsageError(f"{path.name}: rung {rung.id} has when={rung.when!r}", f"use one of {WHEN}")
+        if rung.gate is not None:
+            if rung.gate not in gates or gates[rung.gate].feature is not None:
+                raise UsageError(f"{path.name}: rung {rung.id} names {rung.gate!r}, not an isolation gate of gates.yaml")
+            rung.variant = gates[rung.gate].variant(rung.id)
+        rungs.append(rung)
+    return LadderSpec(rungs=rungs, dynamo_related=re.compile(data.get("dynamo_related") or r"dynamo"))

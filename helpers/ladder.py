@@ -10,50 +10,14 @@ model core).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from helpers import evidence as ev
-from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, UsageError
-from helpers.plan import Variant
+from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS
+from helpers.features import LadderSpec, Rung, load_ladder
+from helpers.model import Model
 from helpers.settings import Settings
-
-LADDER_PATH = Path(__file__).resolve().parent / "ladder.yaml"
-WHEN = ("always", "dynamo-related", "multimodal")
-
-
-@dataclass
-class Rung:
-    id: str
-    why: str = ""
-    when: str = "always"
-    flags: list[str] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)
-    variant: str = ""
-
-    def to_variant(self) -> Variant:
-        name = self.variant or (self.id if (self.flags or self.env) else "base")
-        return Variant(name=name, flags=list(self.flags), env=dict(self.env))
-
-
-@dataclass
-class LadderSpec:
-    rungs: list[Rung]
-    dynamo_related: re.Pattern
-
-
-def load_spec(path: Path | None = None) -> LadderSpec:
-    path = path or LADDER_PATH
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    rungs = [Rung(**entry) for entry in data.get("rungs") or []]
-    for rung in rungs:
-        if rung.when not in WHEN:
-            raise UsageError(f"{path.name}: rung {rung.id} has when={rung.when!r}", f"use one of {WHEN}")
-    return LadderSpec(rungs=rungs, dynamo_related=re.compile(data.get("dynamo_related") or r"dynamo"))
-
+from helpers.stage import StageRequest, StageRun
 
 # --- signatures ---------------------------------------------------------------------------------
 
@@ -165,27 +129,20 @@ def render_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_ladder(settings: Settings, out: Callable[[str], None] | None = None,
+def run_ladder(settings: Settings, model: Model, out: Callable[[str], None] | None = None,
                spec: LadderSpec | None = None) -> tuple[int, dict[str, Any]]:
-    from helpers.stage import StageRequest, StageRun, config_is_multimodal
-    from helpers.triage import read_config, resolve_model
-
     out = out or (lambda line: print(line, flush=True))
-    spec = spec or load_spec()
-    dynamo_mode = (settings.get("LADDER_DYNAMO", "auto").strip().lower() or "auto")
-    if dynamo_mode not in ("auto", "always"):
-        raise UsageError(f"LADDER_DYNAMO={dynamo_mode!r} is unknown", "use auto or always")
-    model_dir = resolve_model(settings)
-    multimodal = config_is_multimodal(read_config(model_dir))
-    name = ev.safe_name(model_dir.name)
-    model_runs = ev.model_runs_dir(settings.runs_dir, name)
-    first = ev.read_latest(model_runs, f"stage-{settings.stage}")
+    spec = spec or load_ladder()
+    dynamo_mode = settings.ladder_dynamo
+    multimodal = model.multimodal
+    name = model.name
+    first = ev.read_latest(model.runs_dir, f"stage-{settings.stage}")
     original = None
     if first is not None:
         original = {"step": first.get("step"), "run_dir": first.get("run_dir"), "verdict": first.get("verdict"),
                     "signature": signature_of(first)}
     summary_dir = ev.new_run_dir(settings.runs_dir, name, "ladder")
-    summary: dict[str, Any] = {"schema": 1, "status": "running", "model": name, "model_path": str(model_dir),
+    summary: dict[str, Any] = {"schema": 1, "status": "running", "model": name, "model_path": str(model.checkpoint),
                                "stage": settings.stage, "multimodal": multimodal, "dynamo_mode": dynamo_mode,
                                "started_at": ev.utc_iso(), "finished_at": None, "original": original,
                                "rungs": [], "fixed_by": None, "deterministic": None, "deterministic_note": "",
@@ -211,15 +168,16 @@ def run_ladder(settings: Settings, out: Callable[[str], None] | None = None,
                 save()
                 continue
             out(f"ladder rung {rung.id}: {rung.why}")
-            run = StageRun(settings, StageRequest(step=f"ladder-{rung.id}", stage=settings.stage,
-                                                  variant=rung.to_variant()), out=out)
+            run = StageRun(settings, model, StageRequest(step=f"ladder-{rung.id}", stage=settings.stage,
+                                                         variant=rung.variant), out=out)
             rung_code = run.run()
             record = run.record
             records.append(record)
             summary["rungs"].append({"rung": rung.id, "step": f"ladder-{rung.id}", "verdict": record.get("verdict"),
                                      "category": record.get("category"), "run_dir": record.get("run_dir"),
                                      "signature": signature_of(record), "reason": record.get("reason"),
-                                     "variant": {"flags": rung.flags, "env": rung.env}, "applies_because": why})
+                                     "variant": {"flags": rung.variant.flags, "env": rung.variant.env},
+                                     "applies_because": why})
             save()
             if rung_code == EXIT_INTERRUPTED:
                 code = EXIT_INTERRUPTED

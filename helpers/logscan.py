@@ -143,6 +143,13 @@ class Catalog:
                 return sig
         raise KeyError(sig_id)
 
+    def evidence_patterns(self, key: str) -> list[re.Pattern]:
+        """The regexes of an evidence key (a key may have several extractors)."""
+        found = [ex.pattern for ex in self.extractors if ex.key == key]
+        if not found:
+            raise KeyError(key)
+        return found
+
 
 def _literal_runs(items: Iterable) -> tuple[str, ...] | None:
     """Required literal text of a parsed regex sequence: the longest literal run, or one literal

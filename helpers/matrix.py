@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from helpers import evidence as ev
-from helpers.settings import REPO_ROOT, Settings
+from helpers.model import Model
+from helpers.templating import render
 
 FEATURES = ("aclgraph", "ep", "flashcomm1", "mtp", "multimodal", "eager", "dynamo-fallback", "text-only")
 # The workflow's default feature set (make all-features); the rest are isolation switches.
@@ -172,17 +171,11 @@ def dummy_vs_real(stage_a: dict[str, Any] | None, stage_b: dict[str, Any] | None
 
 def false_ready_cases(model_runs: Path) -> list[dict[str, Any]]:
     cases = []
-    for path in sorted(model_runs.glob("*/evidence.json")):
-        if path.parent.is_symlink():
-            continue
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
+    for run_dir, record in ev.iter_evidence(model_runs):
         if record.get("category") != "false-ready":
             continue
         cause = record.get("root_cause") or {}
-        cases.append({"step": record.get("step"), "run_dir": str(path.parent),
+        cases.append({"step": record.get("step"), "run_dir": str(run_dir),
                       "root_cause": cause.get("text") or record.get("reason"), "line_no": cause.get("line_no")})
     return cases
 
@@ -243,11 +236,7 @@ def exit_code(data: dict[str, Any]) -> int:
 
 
 def render_markdown(data: dict[str, Any]) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(REPO_ROOT / "templates")),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                             trim_blocks=True, lstrip_blocks=True)
-    env.filters["cell"] = lambda value: "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
-    return env.get_template(TEMPLATE).render(m=data)
+    return render(TEMPLATE, m=data)
 
 
 def render_terminal(data: dict[str, Any]) -> str:
@@ -259,13 +248,9 @@ def render_terminal(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_matrix(settings: Settings) -> tuple[dict[str, Any], Path, Path]:
-    from helpers.triage import resolve_model
-
-    model_dir = resolve_model(settings)
-    name = ev.safe_name(model_dir.name)
-    model_runs = ev.model_runs_dir(settings.runs_dir, name)
-    data = build_matrix(model_runs, name, settings.backend)
+def write_matrix(model: Model, backend: str = "") -> tuple[dict[str, Any], Path, Path]:
+    model_runs = model.runs_dir
+    data = build_matrix(model_runs, model.name, backend)
     json_path, md_path = model_runs / "matrix.json", model_runs / "matrix.md"
     ev.atomic_write_json(json_path, data)
     ev.atomic_write_text(md_path, render_markdown(data))

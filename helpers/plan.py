@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers.errors import UsageError
+from helpers.model import Model
 from helpers.profiles import Profile
+from helpers.settings import REPO_ROOT, Settings
 
 SECRET_ENV = ("VLLM_API_KEY",)
 
@@ -24,6 +26,7 @@ class Variant:
     name: str = "base"
     flags: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    skip_requests: list[str] = field(default_factory=list)  # smoke requests the switch rules out
 
 
 @dataclass
@@ -105,7 +108,7 @@ def build_plan(
 ) -> ServePlan:
     variant = variant or Variant()
     defaults = profile.defaults
-    substitutions = {"model": model_path, "python": python or sys.executable}
+    substitutions = {"model": model_path, "python": python or sys.executable, "repo": str(REPO_ROOT)}
     argv = [part.format(**substitutions) for part in profile.launcher]
     argv += ["--served-model-name", served_name]
     argv += list(profile.flags)
@@ -140,3 +143,15 @@ def mask(text: str, secrets: list[str]) -> str:
         if secret:
             text = text.replace(secret, "***")
     return text
+
+
+def plan_for(profile: Profile, settings: Settings, model: Model, stage: str, variant: Variant | None = None,
+             *, max_model_len: int | None = None, max_num_seqs: int | None = None) -> ServePlan:
+    """The serve plan of a step from the settings (a capacity cell overrides the two sizes)."""
+    return build_plan(
+        profile, model_path=str(model.checkpoint), served_name=model.served_name, stage=stage,
+        host=settings.host, port=settings.port, tp=settings.tp,
+        max_model_len=max_model_len or settings.max_model_len, max_num_seqs=max_num_seqs or settings.max_num_seqs,
+        dtype=settings.dtype, extra_args=settings.extra_args, api_key=settings.api_key,
+        work_dir=settings.work_dir, variant=variant,
+    )

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from helpers.errors import UsageError
+from helpers import box
+from helpers.errors import EnvironmentProblem, UsageError
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -22,7 +23,6 @@ BUILTIN_DIR = Path(__file__).resolve().parent / "profiles"
 @dataclass
 class Profile:
     name: str
-    description: str
     launcher: list[str]
     env: dict[str, str]
     flags: list[str]
@@ -41,6 +41,17 @@ class Profile:
     @property
     def graph_expected(self) -> bool:
         return bool(self.graph.get("expected"))
+
+    def check_installed(self) -> None:
+        """What this backend needs to start a server is here (exit 3 with one line if not)."""
+        for module in self.requires.get("modules", []):
+            if not box.module_importable(module):
+                raise EnvironmentProblem(f"Python module {module!r} is not importable for BACKEND={self.name}",
+                                         f"run `make setup BACKEND={self.name}` or use the image that has it")
+        for command in self.requires.get("commands", []):
+            if shutil.which(command) is None:
+                raise EnvironmentProblem(f"command {command!r} not found for BACKEND={self.name}",
+                                         "activate the environment that has vLLM")
 
 
 def profile_dirs() -> list[Path]:
@@ -70,9 +81,11 @@ def load(name: str) -> Profile:
         path = directory / f"{name}.yaml"
         if path.is_file():
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            unknown = sorted(set(data) - {f.name for f in fields(Profile)})
+            if unknown:
+                raise UsageError(f"profile {path}: unknown key(s) {unknown}", "see helpers/profiles/ascend.yaml")
             return Profile(
                 name=data.get("name", name),
-                description=data.get("description", ""),
                 launcher=[str(x) for x in data.get("launcher", [])],
                 env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
                 flags=[str(x) for x in data.get("flags") or []],

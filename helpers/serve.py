@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -23,6 +24,9 @@ from helpers.evidence import atomic_write_json, utc_iso
 from helpers.plan import ServePlan
 
 STOP_GRACE_SECONDS = 20.0
+# A server that never became ready (or whose user pressed Ctrl-C) gets this long after SIGTERM
+# before SIGKILL: vLLM ignores SIGTERM while it starts, and nothing graceful is left to lose.
+PROMPT_GRACE_SECONDS = 2.0
 
 
 # ----------------------------------------------------------------------------- /proc helpers
@@ -56,6 +60,16 @@ def process_command(pid: int) -> str:
     except OSError:
         return "?"
     return " ".join(part.decode("utf-8", "replace") for part in raw.split(b"\0") if part) or "?"
+
+
+def group_cpu_ticks(pgid: int) -> int:
+    """User + system CPU ticks used so far by the live members of a process group."""
+    total = 0
+    for pid in group_members(pgid):
+        fields = _proc_stat(pid)
+        if fields:
+            total += int(fields[11]) + int(fields[12])
+    return total
 
 
 def group_members(pgid: int) -> list[int]:
@@ -202,6 +216,7 @@ class Server:
         self.record = record
         self.state_path = state_path
         self.stop_requested_at: float | None = None
+        self._exit_fd = _pidfd(process.pid)
 
     @property
     def pid(self) -> int:
@@ -242,13 +257,60 @@ class Server:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self, grace: float = STOP_GRACE_SECONDS) -> str:
-        """SIGTERM to the group, SIGKILL after `grace`; returns how it ended."""
+    def wait_exit(self, timeout: float) -> int | None:
+        """Sleep up to `timeout`, waking the moment the server exits (pidfd); its exit code or None."""
+        if self._exit_fd is not None:
+            try:
+                select.select([self._exit_fd], [], [], timeout)
+            except (OSError, ValueError):
+                time.sleep(timeout)
+        else:
+            time.sleep(timeout)
+        return self.process.poll()
+
+    def stop(self, graceful: bool = True) -> str:
+        """SIGTERM to the group, SIGKILL after the grace (short unless `graceful`): how it ended."""
         if self.stop_requested_at is None:
             self.stop_requested_at = time.monotonic()
-        how = stop_group(self.record, grace=grace, child=self.process)
+        how = stop_group(self.record, grace=STOP_GRACE_SECONDS if graceful else PROMPT_GRACE_SECONDS,
+                         child=self.process)
         self.state_path.unlink(missing_ok=True)
+        if self._exit_fd is not None:
+            os.close(self._exit_fd)
+            self._exit_fd = None
         return how
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when `pid` exits (Linux 5.3+), None where unsupported."""
+    try:
+        return os.pidfd_open(pid)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return None
+
+
+def stop_child_group(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a helper process we started in its own group (lm-eval, vllm bench, the registry
+    probe): SIGTERM, then SIGKILL after `grace`; quiet when it already ended."""
+    if process.poll() is not None:
+        return
+    for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if signum == signal.SIGTERM and grace <= 0:
+            continue
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    if process.stdout or process.stderr:  # reap it and close our ends of its pipes
+        try:
+            process.communicate(timeout=1)
+        except (subprocess.TimeoutExpired, ValueError, OSError):
+            pass
 
 
 def stop_group(record: ServerRecord, grace: float = STOP_GRACE_SECONDS,

@@ -1,7 +1,9 @@
 """Run settings: env.example defaults < .env < environment < command-line options.
 
 env.example is the one place variables are documented; this module reads its defaults so the
-Makefile, the scripts and the helpers never disagree about them.
+Makefile, the scripts and the helpers never disagree about them. Every variable is parsed here,
+once, into a typed field (paths made absolute against the directory make was started from), so
+no step parses a setting of its own and a bad value is refused with one line before anything runs.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from helpers.errors import UsageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _ASSIGNMENT = re.compile(r"^\s*([A-Z][A-Z0-9_]*)\s*(?:\?=|:=|=)\s*(.*?)\s*$")
+_TRUE = ("1", "true", "yes", "on")
 
 
 def parse_env_file(path: Path) -> dict[str, str]:
@@ -47,8 +50,23 @@ def raw_values(overrides: dict[str, str | None] | None = None) -> dict[str, str]
     return values
 
 
+# --- parsers: one per kind of value ----------------------------------------------------------
+
+def parse_length(text: str, what: str = "length") -> int:
+    """vLLM's own spellings: 131072, 128k (=128000), 128K (=131072)."""
+    match = re.fullmatch(r"(\d+)([kKmM]?)", text.strip())
+    if not match:
+        raise UsageError(f"{what}={text!r} is not a length", "use e.g. 4096, 128k or 128K")
+    scale = {"": 1, "k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2}[match.group(2)]
+    return int(match.group(1)) * scale
+
+
+def _text(values: dict[str, str], key: str, default: str = "") -> str:
+    return values.get(key, default).strip()
+
+
 def _int(values: dict[str, str], key: str, *, minimum: int = 0) -> int | None:
-    text = values.get(key, "").strip()
+    text = _text(values, key)
     if not text:
         return None
     if not re.fullmatch(r"\d+", text):
@@ -60,22 +78,68 @@ def _int(values: dict[str, str], key: str, *, minimum: int = 0) -> int | None:
 
 
 def _length(values: dict[str, str], key: str) -> int | None:
-    """Accept vLLM's own spellings: 131072, 128k (=128000), 128K (=131072)."""
-    text = values.get(key, "").strip()
+    text = _text(values, key)
+    return parse_length(text, key) if text else None
+
+
+def _path(values: dict[str, str], key: str, base: Path) -> Path | None:
+    """An absolute path (relative ones resolve against `base`, where make was started)."""
+    text = _text(values, key)
     if not text:
         return None
-    match = re.fullmatch(r"(\d+)([kKmM]?)", text)
-    if not match:
-        raise UsageError(f"{key}={text!r} is not a length", "use e.g. 4096, 128k or 128K")
-    number, suffix = int(match.group(1)), match.group(2)
-    scale = {"": 1, "k": 1000, "K": 1024, "m": 1000**2, "M": 1024**2}[suffix]
-    return number * scale
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _choice(values: dict[str, str], key: str, default: str, allowed: tuple[str, ...], hint: str) -> str:
+    text = _text(values, key).lower() or default
+    if text not in allowed:
+        raise UsageError(f"{key}={text!r} is unknown", hint)
+    return text
+
+
+def _sweep(values: dict[str, str]) -> list[int] | str | None:
+    """SWEEP="16 32 64" (spaces or commas) -> [16, 32, 64]; "max"/"all" -> "max"; empty -> None."""
+    text = _text(values, "SWEEP")
+    if not text:
+        return None
+    if text.lower() in ("max", "all"):
+        return "max"
+    parts = [p for p in re.split(r"[\s,]+", text) if p]
+    if not all(re.fullmatch(r"\d+", p) and int(p) > 0 for p in parts):
+        raise UsageError(f"SWEEP={text!r} is not a list of max-num-seqs values", 'use e.g. SWEEP="16 32 64" or SWEEP=max')
+    unique: list[int] = []
+    for value in (int(p) for p in parts):
+        if value not in unique:
+            unique.append(value)
+    return unique
+
+
+def _tasks(values: dict[str, str]) -> list[str]:
+    return [t.strip() for t in re.split(r"[,\s]+", values.get("TASKS", "")) if t.strip()]
+
+
+def _limit(values: dict[str, str]) -> int | float | None:
+    text = _text(values, "LIMIT")
+    if not text:
+        return None
+    if not re.fullmatch(r"\d+|0?\.\d+", text):
+        raise UsageError(f"LIMIT={text!r} is neither a count nor a fraction below 1",
+                         "set LIMIT=50 (samples per task) or LIMIT=0.1, or leave it empty for all")
+    return float(text) if "." in text else int(text)
+
+
+def _fewshot(values: dict[str, str]) -> int | None:
+    text = _text(values, "NUM_FEWSHOT")
+    if text and not text.isdigit():
+        raise UsageError(f"NUM_FEWSHOT={text!r} is not a whole number", "set NUM_FEWSHOT=5 (or 0)")
+    return int(text) if text else None
 
 
 @dataclass
 class Settings:
     model: str = ""
-    model_root: str = "/models"
+    model_root: Path = Path("/models")
     served_name: str = ""
     backend: str = ""
     host: str = "127.0.0.1"
@@ -86,55 +150,80 @@ class Settings:
     dtype: str = ""
     extra_args: str = ""
     api_key: str = ""
-    runs_dir: str = "runs"
+    runs_dir: Path = field(default_factory=lambda: Path("runs").absolute())
     work_dir: str = ""
     ready_timeout: int = 1200
     stall_timeout: int = 300
     request_timeout: int = 120
     stage: str = "b"
-    junit: str = ""
-    vllm_src: str = ""
-    vllm_ascend_src: str = ""
-    raw: dict[str, str] = field(default_factory=dict, repr=False)
-
-    def get(self, key: str, default: str = "") -> str:
-        return self.raw.get(key, default)
+    junit: Path | None = None
+    vllm_src: Path | None = None
+    vllm_ascend_src: Path | None = None
+    triage_json: bool = False
+    ladder_dynamo: str = "auto"
+    log: Path | None = None
+    sweep: list[int] | str | None = None
+    force: bool = False
+    tasks: list[str] = field(default_factory=lambda: ["gsm8k"])
+    num_fewshot: int | None = None
+    limit: int | float | None = None
+    dataset_dir: Path | None = None
+    delivery_repo: Path | None = None
+    model_id: str = ""
+    tiny_dir: Path | None = None
+    tiny_kind: str = "dense"
+    tiny_weights: str = "real"
+    # names this invocation in the state files, so its EXIT trap stops only its own servers
+    run_token: str = field(default_factory=lambda: f"pid-{os.getpid()}")
 
 
 def load(overrides: dict[str, str | None] | None = None) -> Settings:
     values = raw_values(overrides)
+    base = Path.cwd()
     port = _int(values, "PORT", minimum=1)
     if port is not None and port > 65535:
         raise UsageError(f"PORT={port} is not a TCP port", "use 1-65535")
-    stage = values.get("STAGE", "b").strip().lower() or "b"
-    if stage not in ("a", "b"):
-        raise UsageError(f"STAGE={stage!r} is unknown", "use STAGE=a (dummy weights) or STAGE=b (real weights)")
-    settings = Settings(
-        model=values.get("MODEL", "").strip(),
-        model_root=values.get("MODEL_ROOT", "/models").strip(),
-        served_name=values.get("SERVED_NAME", "").strip(),
-        backend=values.get("BACKEND", "").strip().lower(),
-        host=values.get("HOST", "127.0.0.1").strip() or "127.0.0.1",
+    stage = _choice(values, "STAGE", "b", ("a", "b"),
+                    "use STAGE=a (dummy weights) or STAGE=b (real weights)")
+    return Settings(
+        model=_text(values, "MODEL"),
+        model_root=_path(values, "MODEL_ROOT", base) or Path("/models"),
+        served_name=_text(values, "SERVED_NAME"),
+        backend=_text(values, "BACKEND").lower(),
+        host=_text(values, "HOST") or "127.0.0.1",
         port=port if port is not None else 8000,
         tp=_int(values, "TP", minimum=1),
         max_model_len=_length(values, "MAX_MODEL_LEN"),
         max_num_seqs=_int(values, "MAX_NUM_SEQS", minimum=1),
-        dtype=values.get("DTYPE", "").strip(),
+        dtype=_text(values, "DTYPE"),
         extra_args=values.get("EXTRA_ARGS", ""),
         api_key=values.get("VLLM_API_KEY", ""),
-        runs_dir=values.get("RUNS_DIR", "runs").strip() or "runs",
-        work_dir=values.get("WORK_DIR", "").strip(),
+        runs_dir=_path(values, "RUNS_DIR", base) or base / "runs",
+        work_dir=_text(values, "WORK_DIR"),
         ready_timeout=_int(values, "READY_TIMEOUT", minimum=1) or 1200,
         stall_timeout=_int(values, "STALL_TIMEOUT", minimum=1) or 300,
         request_timeout=_int(values, "REQUEST_TIMEOUT", minimum=1) or 120,
         stage=stage,
-        junit=values.get("JUNIT", "").strip(),
-        vllm_src=values.get("VLLM_SRC", "").strip(),
-        vllm_ascend_src=values.get("VLLM_ASCEND_SRC", "").strip(),
-        raw=values,
+        junit=_path(values, "JUNIT", base),
+        vllm_src=_path(values, "VLLM_SRC", base),
+        vllm_ascend_src=_path(values, "VLLM_ASCEND_SRC", base),
+        triage_json=_text(values, "TRIAGE_JSON").lower() in _TRUE,
+        ladder_dynamo=_choice(values, "LADDER_DYNAMO", "auto", ("auto", "always"), "use auto or always"),
+        log=_path(values, "LOG", base),
+        sweep=_sweep(values),
+        force=_text(values, "FORCE").lower() in _TRUE,
+        tasks=_tasks(values),
+        num_fewshot=_fewshot(values),
+        limit=_limit(values),
+        dataset_dir=_path(values, "DATASET_DIR", base),
+        delivery_repo=_path(values, "DELIVERY_REPO", base),
+        model_id=_text(values, "MODEL_ID"),
+        tiny_dir=_path(values, "TINY_DIR", base),
+        tiny_kind=_text(values, "TINY_KIND") or "dense",
+        tiny_weights=_text(values, "TINY_WEIGHTS") or "real",
+        run_token=os.environ.get("BRINGUP_RUN_TOKEN") or f"pid-{os.getpid()}",
     )
-    return settings
 
 
 def setting_names() -> list[str]:
-    return [f.name for f in fields(Settings) if f.name != "raw"]
+    return [f.name for f in fields(Settings)]

@@ -7,11 +7,7 @@ goes, so an interrupted or crashed run still leaves a valid evidence.json.
 
 from __future__ import annotations
 
-import importlib.metadata
-import importlib.util
 import json
-import os
-import shutil
 import signal
 import threading
 import time
@@ -19,17 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from helpers import box, profiles
 from helpers import evidence as ev
-from helpers import profiles
-from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EnvironmentProblem, Interrupted
+from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted
+from helpers.lifecycle import Session, SignalGuard, serving
 from helpers.logscan import LogScanner, diagnosis_of
-from helpers.plan import ServePlan, Variant, build_plan, mask
-from helpers.readiness import LogTail, Progress, WatchOutcome, base_url, wait_ready
-from helpers.serve import Server, require_free_port
+from helpers.model import Model
+from helpers.plan import ServePlan, Variant, mask, plan_for
+from helpers.readiness import Progress, WatchOutcome, base_url
+from helpers.serve import require_free_port
 from helpers.settings import Settings
 from helpers.smoke import RequestResult, chat, chat_stream
-from helpers.checkpoint import config_facts
-from helpers.triage import read_config, resolve_model
 
 POLL_SECONDS = 0.2
 AFTER_DEATH_GRACE = 2.0
@@ -46,91 +42,39 @@ class StageRequest:
     multimodal: bool | None = None  # None: read from the checkpoint config
 
 
-def config_is_multimodal(config: dict[str, Any]) -> bool:
-    return bool(config_facts(config).multimodal.get("is_multimodal"))
-
-
-def check_backend_installed(profile: profiles.Profile) -> None:
-    for module in profile.requires.get("modules", []):
-        if importlib.util.find_spec(module) is None:
-            raise EnvironmentProblem(f"Python module {module!r} is not importable for BACKEND={profile.name}",
-                                     f"run `make setup BACKEND={profile.name}` or use the image that has it")
-    for command in profile.requires.get("commands", []):
-        if shutil.which(command) is None:
-            raise EnvironmentProblem(f"command {command!r} not found for BACKEND={profile.name}",
-                                     "activate the environment that has vLLM")
-
-
-def installed_versions(names: list[str]) -> dict[str, str | None]:
-    found: dict[str, str | None] = {}
-    for name in names:
-        try:
-            found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-class SignalGuard:
-    """SIGINT/SIGTERM/SIGHUP raise Interrupted once; repeats during cleanup are ignored so the
-    server is always stopped."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self.previous: dict[int, Any] = {}
-
-    def _handler(self, signum, frame) -> None:
-        if self.received is None:
-            self.received = signum
-            raise Interrupted(signum)
-
-    def __enter__(self) -> "SignalGuard":
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self.previous[signum] = signal.signal(signum, self._handler)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-
 class StageRun:
     # What is sent once the server is ready; a capacity cell overrides send_requests with its load.
     request_phase = "smoke requests"
 
-    def __init__(self, settings: Settings, request: StageRequest, out: Callable[[str], None] | None = None) -> None:
+    def __init__(self, settings: Settings, model: Model, request: StageRequest,
+                 out: Callable[[str], None] | None = None, *, max_model_len: int | None = None,
+                 max_num_seqs: int | None = None) -> None:
         self.settings = settings
+        self.model = model
         self.request = request
         self.out = out or (lambda line: print(line, flush=True))
         self.profile = profiles.load(settings.backend)
-        self.model_path = resolve_model(settings)
-        self.config = read_config(self.model_path)
-        self.model_name = ev.safe_name(self.model_path.name)
-        self.served_name = settings.served_name or self.model_path.name
-        self.multimodal = (request.multimodal if request.multimodal is not None
-                           else config_is_multimodal(self.config))
-        self.plan: ServePlan = build_plan(
-            self.profile, model_path=str(self.model_path), served_name=self.served_name,
-            stage=request.stage, host=settings.host, port=settings.port, tp=settings.tp,
-            max_model_len=settings.max_model_len, max_num_seqs=settings.max_num_seqs,
-            dtype=settings.dtype, extra_args=settings.extra_args, api_key=settings.api_key,
-            work_dir=settings.work_dir, variant=request.variant,
-        )
+        self.multimodal = request.multimodal if request.multimodal is not None else model.multimodal
+        self.plan: ServePlan = plan_for(self.profile, settings, model, request.stage, request.variant,
+                                        max_model_len=max_model_len, max_num_seqs=max_num_seqs)
         self.secrets = [settings.api_key] if settings.api_key else []
-        self.token = os.environ.get("BRINGUP_RUN_TOKEN", f"pid-{os.getpid()}")
         self.run_dir: Path | None = None
         self.record: dict[str, Any] = {}
         self.requests_log: ev.JsonLines | None = None
-        self.server: Server | None = None
+        self.session: Session | None = None
         self.scanner = LogScanner()
-        self.tail: LogTail | None = None
         self.t0 = time.monotonic()
         # A feature gate's own check of the finished record (its evidence in the log); runs
         # before the verdict is printed, so the one verdict line a user sees is the final one.
         self.post_check: Callable[["StageRun"], None] | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+    @property
+    def served_name(self) -> str:
+        return self.model.served_name
 
     # ------------------------------------------------------------------ evidence
     def _save(self) -> None:
@@ -154,16 +98,16 @@ class StageRun:
             "stage": self.request.stage,
             "feature": self.request.variant.name if self.request.variant.name != "base" else None,
             "model": self.model_name,
-            "model_path": str(self.model_path),
+            "model_path": str(self.model.checkpoint),
             "served_name": self.served_name,
             "backend": self.profile.name,
             "multimodal": self.multimodal,
-            "architectures": self.config.get("architectures"),
+            "architectures": self.model.config.get("architectures"),
             "variant": {"name": self.request.variant.name, "flags": self.request.variant.flags,
                         "env": self.request.variant.env},
             "command": {"argv": self.plan.argv, "env": self.plan.env, "cwd": self.plan.cwd,
                         "shell": self.plan.shell_line(), "file": "command.sh"},
-            "versions": installed_versions(self.profile.versions),
+            "versions": box.installed_versions(self.profile.versions),
             "started_at": ev.utc_iso(),
             "finished_at": None,
             "timings": {},
@@ -183,8 +127,11 @@ class StageRun:
 
     # ------------------------------------------------------------------ watching
     def _pump(self) -> None:
-        if self.tail is not None:
-            self.tail.pump()
+        if self.session is not None:
+            self.session.pump()
+
+    def _server_gone(self) -> bool:
+        return self.session is not None and self.session.server.poll() is not None
 
     def _watched(self, call: Callable[[], RequestResult], ready_line: int) -> RequestResult | None:
         """Run a request in a thread while watching the process and the log, so a dying server
@@ -196,8 +143,7 @@ class StageRun:
         while worker.is_alive():
             worker.join(POLL_SECONDS)
             self._pump()
-            assert self.server is not None
-            if self.server.poll() is not None or self.scanner.failures(since_line=ready_line):
+            if self._server_gone() or self.scanner.failures(since_line=ready_line):
                 trouble_since = trouble_since or time.monotonic()
                 if time.monotonic() - trouble_since > AFTER_DEATH_GRACE:
                     break
@@ -222,7 +168,7 @@ class StageRun:
             self.requests_log.append(result.to_record())
             self.out(f"  {kind:6s} {'ok ' if result.ok else 'BAD'} {result.status} "
                      f"{result.latency_s * 1000:.0f} ms  {(result.content or result.error)[:60]!r}")
-            if self.server is not None and self.server.poll() is not None:
+            if self._server_gone():
                 break
         return results
 
@@ -238,17 +184,17 @@ class StageRun:
         if eager:
             return {"name": name, "status": "NOT_APPLICABLE", "reason": "--enforce-eager: graph mode off by request",
                     "line": self.scanner.evidence.get("eager")}
+        key = self.profile.graph.get("evidence", "")
         deadline = time.monotonic() + 1.0  # the replay line is logged right after the first replay
-        while time.monotonic() < deadline and not self.scanner.evidence.get("graph_replay"):
+        while time.monotonic() < deadline and not self.scanner.evidence.get(key):
             self._pump()
             time.sleep(0.1)
-        line = self.scanner.evidence.get("graph_replay") or self.scanner.evidence.get("graph_capture")
-        replay = self.scanner.evidence.get("graph_replay")
-        if replay:
-            return {"name": name, "status": "PASS", "line": replay,
-                    "line_no": self.scanner.evidence_lines.get("graph_replay")}
-        return {"name": name, "status": "FAIL", "line": line,
-                "reason": f"no {self.profile.graph.get('evidence')!r} line after the first request"}
+        found = self.scanner.evidence.get(key)
+        if found:
+            return {"name": name, "status": "PASS", "line": found, "line_no": self.scanner.evidence_lines.get(key)}
+        wanted = " or ".join(repr(p.pattern) for p in self.scanner.catalog.evidence_patterns(key))
+        return {"name": name, "status": "FAIL", "line": self.scanner.evidence.get("graph_capture"),
+                "reason": f"no {wanted} line after the first request"}
 
     # ------------------------------------------------------------------ verdicts
     def _decide(self, outcome: WatchOutcome, results: list[RequestResult]) -> None:
@@ -268,7 +214,7 @@ class StageRun:
             rec["reason"] = f"server never became ready: {outcome.state} ({outcome.detail})"
             rec["root_cause"] = cause.to_dict() if cause else None
             return
-        dead_after_ready = self.server is not None and self.server.poll() is not None
+        dead_after_ready = self._server_gone()
         late_failures = self.scanner.failures(since_line=ready_line)
         bad = [r for r in results if not r.ok]
         if not bad and not dead_after_ready and not late_failures:
@@ -293,44 +239,42 @@ class StageRun:
 
     # ------------------------------------------------------------------ the run
     def run(self) -> int:
-        check_backend_installed(self.profile)
+        self.profile.check_installed()
         require_free_port(self.settings.host, self.settings.port, self.settings.runs_dir)
         self._open_run()
         assert self.run_dir is not None
-        log_path = self.run_dir / "serve.log"
-        self.tail = LogTail(log_path, self.scanner)
-        url = base_url(self.settings.host, self.settings.port)
         label = f"{self.request.step} {self.model_name}"
         progress = Progress(label)
         outcome: WatchOutcome | None = None
         results: list[RequestResult] = []
         phase = "starting"
-        self.out(f"[{label}] starting {self.profile.name} server on {url}; evidence: {self.run_dir}")
+        self.out(f"[{label}] starting {self.profile.name} server on {base_url(self.settings.host, self.settings.port)}; "
+                 f"evidence: {self.run_dir}")
         with SignalGuard():
             try:
-                self.server = Server.start(self.plan, log_path, self.settings.runs_dir, self.token)
-                self.record["server"] = {"pid": self.server.pid, "pgid": self.server.record.pgid}
-                self._save()
-                outcome = wait_ready(self.server, self.tail, url, self.served_name,
-                                     timeout=self.settings.ready_timeout,
-                                     stall_timeout=self.settings.stall_timeout,
-                                     api_key=self.settings.api_key, progress=progress)
-                progress.done()
-                self.record["readiness"] = outcome.to_dict()
-                self.record["timings"]["start_to_ready_s"] = round(outcome.elapsed, 3)
-                self._save()
-                if outcome.state == "ready":
-                    phase = self.request_phase
-                    self.out(f"[{label}] ready in {outcome.elapsed:.1f} s; sending {self.request_phase}")
-                    results = self.send_requests(url, outcome.ready_line)
-                    if results:
-                        self.record["timings"]["first_request_s"] = round(results[0].latency_s, 3)
-                    end = time.monotonic() + LOG_SETTLE_SECONDS
-                    while time.monotonic() < end:
-                        self._pump()
-                        time.sleep(0.1)
-                    self.record["graph"] = self._graph_check()
-                self._decide(outcome, results)
+                with serving(self.plan, self.run_dir / "serve.log", runs_dir=self.settings.runs_dir,
+                             token=self.settings.run_token, scanner=self.scanner) as session:
+                    self.session = session
+                    self.record["server"] = {"pid": session.server.pid, "pgid": session.server.record.pgid}
+                    self._save()
+                    outcome = session.wait_ready(timeout=self.settings.ready_timeout,
+                                                 stall_timeout=self.settings.stall_timeout,
+                                                 api_key=self.settings.api_key, progress=progress)
+                    self.record["readiness"] = outcome.to_dict()
+                    self.record["timings"]["start_to_ready_s"] = round(outcome.elapsed, 3)
+                    self._save()
+                    if outcome.state == "ready":
+                        phase = self.request_phase
+                        self.out(f"[{label}] ready in {outcome.elapsed:.1f} s; sending {self.request_phase}")
+                        results = self.send_requests(session.url, outcome.ready_line)
+                        if results:
+                            self.record["timings"]["first_request_s"] = round(results[0].latency_s, 3)
+                        end = time.monotonic() + LOG_SETTLE_SECONDS
+                        while time.monotonic() < end:
+                            self._pump()
+                            time.sleep(0.1)
+                        self.record["graph"] = self._graph_check()
+                    self._decide(outcome, results)
             except Interrupted as stop:
                 progress.done()
                 self.record["verdict"] = "INTERRUPTED"
@@ -338,10 +282,8 @@ class StageRun:
                 self.record["reason"] = (f"interrupted by signal {signal.Signals(stop.signum).name} during "
                                          f"{phase if outcome else self.scanner.phase}")
             finally:
-                self.scanner.mark_stop()
-                if self.server is not None:
-                    self.record["stop"] = self.server.stop()
-                self._pump()
+                if self.session is not None:
+                    self.record["stop"] = self.session.stop_how
                 self.scanner.finish()
                 self._finish(results)
         return self.exit_code()

@@ -6,19 +6,20 @@ REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-.venv}"
 case "$VENV" in /*) ;; *) VENV="$REPO_DIR/$VENV" ;; esac
 PY="$VENV/bin/python"
-export PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}"
 
 # A token that names this invocation in the tool's state files, so the EXIT trap stops only
 # the server this invocation started, never a colleague's run on the same machine.
 BRINGUP_RUN_TOKEN="${BRINGUP_RUN_TOKEN:-run-$$-$RANDOM}"
 export BRINGUP_RUN_TOKEN
 
+# The repo goes on the helper's own PYTHONPATH only: the helper gives the servers it starts the
+# box's PYTHONPATH back unchanged (on Ascend, CANN's set_env.sh puts te/tbe/hccl there).
 run_helper() {
-  "$PY" -m helpers "$@"
+  PYTHONPATH="$REPO_DIR${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m helpers "$@"
 }
 
 stop_servers_of_this_run() {
-  "$PY" -m helpers stop --token "$BRINGUP_RUN_TOKEN" --quiet || true
+  run_helper stop --token "$BRINGUP_RUN_TOKEN" --quiet || true
 }
 
 # pip's output goes to a log (setup-pip.log in the venv); it is shown only when pip fails.

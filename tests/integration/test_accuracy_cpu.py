@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO, base_env, run_make
-from helpers import render
+from helpers import e2e
 from helpers.serve import port_is_free, recorded_servers
 
 TINY_TASK = REPO / "tests/fixtures/lm_eval_tiny"
@@ -55,7 +55,7 @@ def test_make_accuracy_then_report_on_the_cpu_server(runs_dir, tiny_dense):
     assert report.returncode == 0, report.stderr
     config_path = model_dir / f"deliverables/tests/e2e/models/configs/{tiny_dense.name}.yaml"
     config = yaml.safe_load(config_path.read_text())
-    assert render.validate_e2e_config(config) == []
+    assert e2e.validate_e2e_config(config) == []
     assert {m["name"]: m["value"] for m in config["tasks"][0]["metrics"]} == task["metrics"]
     assert config["num_fewshot"] == 2
     text = (model_dir / "deliverables/report.zh.md").read_text()

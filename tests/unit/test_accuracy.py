@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, base_env, run_cli, run_make, wait_for
-from helpers import accuracy, profiles
+from helpers import accuracy, e2e, profiles
 from helpers.errors import UsageError
 from helpers.evidence import atomic_write_json, new_run_dir
 from helpers.plan import build_plan
@@ -33,20 +33,20 @@ def port_in_range() -> int:
 
 
 def test_results_keep_lm_eval_metric_names_exactly(tmp_path):
-    tasks = accuracy.parse_results(RESULTS, ["tiny_gsm8k"], "")
+    tasks = accuracy.parse_results(RESULTS, ["tiny_gsm8k"], None)
     assert tasks == [{"name": "tiny_gsm8k", "num_fewshot": 2, "limit": None, "samples": 4,
                       "metrics": {"exact_match,strict-match": 0.0, "exact_match,flexible-extract": 0.0},
                       "stderr": {"exact_match_stderr,strict-match": 0.0,
                                  "exact_match_stderr,flexible-extract": 0.0}}]
     with pytest.raises(UsageError, match="hold no task 'gsm8k'"):
-        accuracy.parse_results(RESULTS, ["gsm8k"], "")
+        accuracy.parse_results(RESULTS, ["gsm8k"], None)
 
 
 def test_serve_block_from_recorded_argv():
     argv = ["vllm", "serve", "/models/m", "--trust-remote-code", "--dtype", "bfloat16", "--max-model-len", "128K",
             "--tensor-parallel-size", "16", "--enable-expert-parallel", "--gpu-memory-utilization=0.9",
             "--max-num-seqs", "16", "--enforce-eager", "--port", "8000"]
-    assert accuracy.serve_block(argv) == {
+    assert e2e.serve_block(argv) == {
         "trust_remote_code": True, "dtype": "bfloat16", "max_model_len": 131072, "tensor_parallel_size": 16,
         "enable_expert_parallel": True, "gpu_memory_utilization": 0.9, "enforce_eager": True}
 

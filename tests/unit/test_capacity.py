@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, base_env, free_port, run_cli
-from helpers import capacity, loadgen, profiles
+from helpers import capacity, capacity_cell, loadgen, profiles, settings
 from helpers.plan import build_plan
 
 FIXTURES = REPO / "tests" / "fixtures" / "capacity"
@@ -156,7 +156,7 @@ def test_log_facts_from_real_vllm_lines():
     from helpers.logscan import scan_file
 
     scanner = scan_file(FIXTURES / "kv-too-small.log")
-    facts = capacity.log_facts(scanner.evidence, [h.to_dict() for h in scanner.hits])
+    facts = capacity_cell.log_facts(scanner.evidence, [h.to_dict() for h in scanner.hits])
     assert facts["kv_too_small"] and facts["estimated_max_model_len"] == 3968
     assert "the estimated maximum model length is 3968" in facts["kv_line"]["text"]
     from helpers.logscan import LogScanner
@@ -164,18 +164,18 @@ def test_log_facts_from_real_vllm_lines():
     ok = LogScanner()
     ok.feed("(EngineCore pid=4502) INFO 11-21 21:14:43 [kv_cache_utils.py:2327] CPU KV cache size: "
             "1,048,576 tokens, Maximum concurrency for 2,048 tokens per request: 512.00x\n")
-    facts = capacity.log_facts(ok.evidence, [h.to_dict() for h in ok.hits])
+    facts = capacity_cell.log_facts(ok.evidence, [h.to_dict() for h in ok.hits])
     assert (facts["kv_cache_tokens"], facts["max_concurrency"], facts["kv_too_small"]) == (1048576, 512.0, False)
 
 
 # ----------------------------------------------------------------------------- inputs
 def test_sweep_parsing():
     ascend = profiles.load("ascend")
-    assert capacity.parse_sweep("", ascend) == [16]
-    assert capacity.parse_sweep("16 32,64", ascend) == [16, 32, 64]
-    assert capacity.parse_sweep("max", ascend) == [16, 32, 64]
+    assert capacity.sweep_cells(settings.load({"SWEEP": ""}).sweep, ascend) == [16]
+    assert capacity.sweep_cells(settings.load({"SWEEP": "16 32,64"}).sweep, ascend) == [16, 32, 64]
+    assert capacity.sweep_cells(settings.load({"SWEEP": "max"}).sweep, ascend) == [16, 32, 64]
     with pytest.raises(capacity.UsageError, match="not a list of max-num-seqs"):
-        capacity.parse_sweep("16 lots", ascend)
+        settings.load({"SWEEP": "16 lots"})
 
 
 def test_bench_serve_argv_golden():
@@ -222,7 +222,7 @@ def test_explicit_kv_cache_bytes_removes_the_legacy_cpu_variable():
 
 # ----------------------------------------------------------------------------- headline
 def cell(n, length, verdict="PASS", role="sweep", **extra):
-    return dict(key=capacity.cell_key(n, length), max_num_seqs=n, max_model_len=length, verdict=verdict,
+    return dict(key=capacity_cell.cell_key(n, length), max_num_seqs=n, max_model_len=length, verdict=verdict,
                 role=role, **extra)
 
 

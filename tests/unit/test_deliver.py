@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import base_env, run_cli, run_make
-from helpers import render
+from helpers import deliver
 from tests.fixtures.fake_delivery import MKDOCS_YML, MYST_INDEX, copy_evidence, git, make_repo
 
 
@@ -64,8 +64,8 @@ def test_one_signed_commit_with_docs_yaml_nav_and_staged_code(runs, tmp_path, ki
 
 def test_mkdocs_nav_edit_inserts_one_line_and_is_idempotent(tmp_path):
     repo = make_repo(tmp_path, "mkdocs")
-    docs = render.detect_docs_system(repo)
-    text, changed = render.add_nav_entry(docs, "tiny-qwen2", "tiny-qwen2")
+    docs = deliver.detect_docs_system(repo)
+    text, changed = deliver.add_nav_entry(docs, "tiny-qwen2", "tiny-qwen2")
     assert changed
     before, after = MKDOCS_YML.splitlines(), text.splitlines()
     assert len(after) == len(before) + 1
@@ -73,17 +73,17 @@ def test_mkdocs_nav_edit_inserts_one_line_and_is_idempotent(tmp_path):
     assert added == ["        - tutorials/models/tiny-qwen2.md"]
     assert after.index(added[0]) == after.index("        - tutorials/models/DeepSeek-V3.1.md") + 1
     (repo / "mkdocs.yml").write_text(text)
-    again, changed_again = render.add_nav_entry(render.detect_docs_system(repo), "tiny-qwen2", "tiny-qwen2")
+    again, changed_again = deliver.add_nav_entry(deliver.detect_docs_system(repo), "tiny-qwen2", "tiny-qwen2")
     assert not changed_again and again == text
 
 
 def test_myst_toctree_edit_is_idempotent(tmp_path):
     repo = make_repo(tmp_path, "myst")
-    docs = render.detect_docs_system(repo)
-    text, changed = render.add_nav_entry(docs, "tiny-vl", "tiny-vl")
+    docs = deliver.detect_docs_system(repo)
+    text, changed = deliver.add_nav_entry(docs, "tiny-vl", "tiny-vl")
     assert changed and text == MYST_INDEX.replace("DeepSeek-V3.1\n:::", "DeepSeek-V3.1\ntiny-vl\n:::")
     docs.nav_file.write_text(text)
-    assert render.add_nav_entry(docs, "tiny-vl", "tiny-vl") == (text, False)
+    assert deliver.add_nav_entry(docs, "tiny-vl", "tiny-vl") == (text, False)
 
 
 def test_second_delivery_on_the_branch_is_refused(runs, tmp_path):

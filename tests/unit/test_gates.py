@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, base_env, run_cli, run_make
-from helpers import features, gates, ladder, profiles, tinymodel
+from helpers import features, gates, profiles, tinymodel, triage
+from helpers import model as model_module
 from helpers.plan import Variant, build_plan
 
 ASCEND_LOGS = REPO / "tests/fixtures/logs/ascend"
@@ -70,7 +71,7 @@ def test_mtp_decisions_follow_the_checkpoint(runs_dir, models):
     def decision(model: str) -> gates.GateDecision:
         from helpers import settings as settings_module
         s = settings_module.load({"MODEL": str(models[model]), "RUNS_DIR": str(runs_dir), "BACKEND": "cpu"})
-        facts = gates.load_triage(s, models[model].resolve(), "cpu")
+        facts = triage.current_facts(s, model_module.resolve(s), "cpu")
         return gates.decide("mtp", gates.GateContext(facts=facts, runs_dir=runs_dir / model))
 
     dense = decision("dense")
@@ -200,7 +201,7 @@ def test_golden_ascend_command_lines_for_every_target(tmp_path):
     ctx20 = ascend_context(tmp_path, "0.20.0", {"enable_flashcomm1"}, mtp_facts)
     assert ascend_line(gates.decide("flashcomm1", ctx20).variant) == GOLDEN["flashcomm1@0.20"]
     # Ladder rungs are the same switches on the base command.
-    rungs = {r.id: r.to_variant() for r in ladder.load_spec().rungs}
+    rungs = {r.id: r.variant for r in features.load_ladder().rungs}
     assert ascend_line(rungs["reproduce"]) == GOLDEN["stage-b"]
     assert ascend_line(rungs["eager"]) == GOLDEN["eager"]
     assert ascend_line(rungs["dynamo-disable"]) == GOLDEN["dynamo-fallback"]

@@ -77,6 +77,24 @@ def test_signal_during_requests_stops_the_group_and_records_interrupted(runs_dir
     assert not list((runs_dir / ".state").glob("*.json"))
 
 
+def test_ctrl_c_while_the_server_starts_returns_within_5_s(runs_dir, fake_model):
+    """vLLM ignores SIGTERM while it starts (the fake does too): the stop must escalate at once
+    on an interrupt instead of waiting out the graceful grace."""
+    env = fake_env(runs_dir, fake_model, FAKE_MODE="stall", FAKE_IGNORE_TERM="1", STALL_TIMEOUT="600",
+                   READY_TIMEOUT="600")
+    proc = start_stage(env)
+    record = server_record(runs_dir)
+    assert wait_for(lambda: "KV cache size" in Path(record["run_dir"], "serve.log").read_text(), 30)
+    started = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert time.monotonic() - started < 5, "Ctrl-C during start-up must return within 5 s"
+    assert proc.returncode == 130
+    assert not serve.group_members(record["pgid"]), "the starting server must not survive the interrupt"
+    evidence = json.loads((Path(record["run_dir"]) / "evidence.json").read_text())
+    assert evidence["verdict"] == "INTERRUPTED" and evidence["stop"].startswith("killed")
+
+
 def _ready(record: dict) -> bool:
     return "Application startup complete" in Path(record["run_dir"], "serve.log").read_text()
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO, base_env, run_cli, run_make
-from helpers import render
+from helpers import e2e, render
 from tests.fixtures.fake_delivery import copy_evidence, make_repo, normalise
 
 GOLDEN = REPO / "tests" / "fixtures" / "golden"
@@ -97,7 +97,7 @@ def test_failed_stage_b_only_also_refuses_sign_off(runs, tmp_path):
 
 
 def test_absent_inputs_render_as_not_run(runs, tmp_path):
-    for name in ("triage.json", "matrix.json", "capacity.json"):
+    for name in ("triage.json", "capacity.json"):
         (runs / "tiny-qwen2" / name).unlink()
     (runs / "tiny-qwen2" / "latest-accuracy").unlink()
     out, result = report(runs, "tiny-qwen2", tmp_path)
@@ -105,9 +105,9 @@ def test_absent_inputs_render_as_not_run(runs, tmp_path):
     assert "triage.json 未运行 / not run" in text
     assert "capacity.json 未运行 / not run" in text
     assert "accuracy.json 未运行 / not run" in text
-    assert "matrix.json 不存在" in text
-    # stages, false-ready and ladder still come straight from evidence.json
-    assert "RuntimeError: shape" in text and "| eager | 通过 |" in text
+    # the matrix is rebuilt from evidence.json by `make report` itself: stages, false-ready, gates
+    assert "矩阵来源：matrix.json（`make report` 由记录的证据重建）" in text
+    assert "RuntimeError: shape" in text and "| eager 回退 | 通过 |" in text
     assert "e2e config: not written" in result.stdout
 
 
@@ -140,7 +140,7 @@ def test_e2e_yaml_round_trips_and_validates(runs, tmp_path):
         out, _ = report(runs, model, tmp_path)
         text = (out / f"tests/e2e/models/configs/{model}.yaml").read_text()
         data = yaml.safe_load(text)
-        assert render.validate_e2e_config(data) == []
+        assert e2e.validate_e2e_config(data) == []
         assert data.get("model_type") == expected_type
         accuracy = json.loads((runs / model / "latest-accuracy/accuracy.json").read_text())
         assert {m["name"]: m["value"] for m in data["tasks"][0]["metrics"]} == accuracy["tasks"][0]["metrics"]
@@ -158,7 +158,7 @@ def test_e2e_yaml_round_trips_and_validates(runs, tmp_path):
     ({"model_name": "x", "tasks": [{"name": "t", "metrics": [{"name": "a", "value": 1}]}], "tolerance": 0.1}, "unknown key"),
 ])
 def test_schema_rejects_bad_configs(broken, problem):
-    assert any(problem in p for p in render.validate_e2e_config(broken)), render.validate_e2e_config(broken)
+    assert any(problem in p for p in e2e.validate_e2e_config(broken)), e2e.validate_e2e_config(broken)
 
 
 @pytest.mark.parametrize("kind, model", [("mkdocs", "tiny-qwen2"), ("myst", "tiny-vl")])

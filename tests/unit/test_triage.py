@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import features, settings, tinymodel, triage
+from helpers import features, registry, settings, tinymodel, triage
+from helpers import model as model_module
 from helpers.errors import UsageError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +30,8 @@ def run_triage(model: Path | str, tmp_path: Path, *, model_root: Path | None = N
     values = {"MODEL": str(model), "RUNS_DIR": str(tmp_path / "runs"), "BACKEND": backend, **env}
     if model_root is not None:
         values["MODEL_ROOT"] = str(model_root)
-    record = triage.triage(settings.load(values), registry=False)
+    loaded = settings.load(values)
+    record = triage.triage(loaded, model_module.resolve(loaded), registry=False)
     return record.to_dict()
 
 
@@ -70,13 +72,13 @@ def models(tmp_path_factory) -> dict[str, Path]:
 # --- resolve_model --------------------------------------------------------------------------
 
 def test_resolve_model_prefers_an_existing_path_then_model_root(tmp_path, models):
-    assert triage.resolve_model(settings.load({"MODEL": str(models["dense"])})) == models["dense"].resolve()
+    assert model_module.find_checkpoint(settings.load({"MODEL": str(models["dense"])})) == models["dense"].resolve()
     by_name = settings.load({"MODEL": "dense", "MODEL_ROOT": str(models["dense"].parent)})
-    assert triage.resolve_model(by_name) == models["dense"].resolve()
+    assert model_module.find_checkpoint(by_name) == models["dense"].resolve()
     with pytest.raises(UsageError, match="no checkpoint directory"):
-        triage.resolve_model(settings.load({"MODEL": "nope", "MODEL_ROOT": str(tmp_path)}))
+        model_module.find_checkpoint(settings.load({"MODEL": "nope", "MODEL_ROOT": str(tmp_path)}))
     with pytest.raises(UsageError, match="MODEL is not set"):
-        triage.resolve_model(settings.load({"MODEL": ""}))
+        model_module.find_checkpoint(settings.load({"MODEL": ""}))
 
 
 # --- healthy checkpoints --------------------------------------------------------------------
@@ -373,8 +375,8 @@ def test_cli_writes_triage_json_and_keeps_the_previous_one(tmp_path, models, mon
 
 def test_registry_is_asked_in_a_subprocess(tmp_path, models):
     """Imports the installed vLLM once (several seconds): the answer comes from vLLM's own registry."""
-    record = triage.triage(settings.load({"MODEL": str(models["dense"]), "RUNS_DIR": str(tmp_path),
-                                          "BACKEND": "cpu"}), registry=True)
+    loaded = settings.load({"MODEL": str(models["dense"]), "RUNS_DIR": str(tmp_path), "BACKEND": "cpu"})
+    record = triage.triage(loaded, model_module.resolve(loaded), registry=True)
     registry = record.registry
     if registry["vllm_version"] is None:
         pytest.skip("vLLM is not installed in this Python")
@@ -387,19 +389,19 @@ def test_registry_answers_are_parsed_and_failures_are_unknown():
     import time
 
     def probe(payload: str) -> subprocess.Popen:
-        code = f"print('some log line'); print({triage.REGISTRY_MARKER!r} + {payload!r})"
+        code = f"print('some log line'); print({registry.REGISTRY_MARKER!r} + {payload!r})"
         return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
 
     answer = json.dumps({"vllm_version": "0.13.0", "plugins": ["ascend_enhanced_model"], "errors": [],
                          "registered": {"NoSuchModelForCausalLM": False}})
-    missing = triage.finish_registry_probe(probe(answer), ["NoSuchModelForCausalLM"], time.monotonic(), 30)
+    missing = registry.finish_registry_probe(probe(answer), ["NoSuchModelForCausalLM"], time.monotonic(), 30)
     assert (missing.status, missing.registered, missing.vllm_version) == ("not-registered", False, "0.13.0")
     assert missing.plugins == ["ascend_enhanced_model"]
     broken = json.dumps({"vllm_version": None, "plugins": [], "errors": ["import vllm failed: RuntimeError: x"]})
-    unknown = triage.finish_registry_probe(probe(broken), ["X"], time.monotonic(), 30)
+    unknown = registry.finish_registry_probe(probe(broken), ["X"], time.monotonic(), 30)
     assert unknown.status == "unknown" and unknown.registered is None and "import vllm failed" in unknown.detail
-    assert triage.finish_registry_probe(None, ["X"], time.monotonic(), 30).status == "unknown"
+    assert registry.finish_registry_probe(None, ["X"], time.monotonic(), 30).status == "unknown"
 
 
 # --- bad input: one line, exit 2, no traceback ----------------------------------------------
@@ -466,3 +468,35 @@ def test_custom_code_model_is_reported_without_running_its_code(tmp_path):
     assert record["inventory"]["custom_code"] == ["modeling_acme.py"]
     assert record["trust_remote_code"]["needed"] is True
     assert record["exit_code"] == 0 and record["weights"]["tensor_count"] == 27
+
+
+def test_registry_answer_is_cached_until_a_root_changes(tmp_path, monkeypatch):
+    """A stand-in probe (vLLM is not imported) counts how often vLLM would be asked: a repeated
+    triage is answered from the cache, an edited file in an implementation root asks again."""
+    root = tmp_path / "vllm"
+    (root / "vllm/model_executor/models").mkdir(parents=True)
+    registry_py = root / "vllm/model_executor/models/registry.py"
+    registry_py.write_text("_MODELS = {}\n")
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+        subprocess.run(["git", "-C", str(root), *args], check=True)
+    asked = []
+
+    def fake_probe():
+        asked.append(1)
+        answer = json.dumps({"vllm_version": "0.13.0", "plugins": [], "errors": [], "supported": ["FooForCausalLM"]})
+        code = f"print({registry.REGISTRY_MARKER!r} + {answer!r})"
+        return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+
+    monkeypatch.setattr(registry, "start_registry_probe", fake_probe)
+    roots = {"VLLM_SRC": root, "VLLM_ASCEND_SRC": None}
+
+    def ask(arch: str) -> registry.RegistryCheck:
+        return registry.RegistryQuery(roots, tmp_path / "runs").result([arch])
+
+    assert ask("FooForCausalLM").registered is True and len(asked) == 1
+    again = ask("BarForCausalLM")
+    assert again.registered is False and "cached" in again.method and len(asked) == 1
+    registry_py.write_text('_MODELS = {"BarForCausalLM": ("bar", "Bar")}\n')
+    ask("BarForCausalLM")
+    assert len(asked) == 2, "an edited implementation root must never be answered from the cache"

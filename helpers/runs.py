@@ -1,0 +1,154 @@
+"""Recorded runs of a model as objects: every <stamp>-<step>/evidence.json with the files beside
+it (command.sh, requests.jsonl, serve.log), and the views the deliverables and the status need:
+the latest run of a step, the passing modes, which run is a fallback.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helpers import evidence as ev
+
+NOT_RUN = "NOT_RUN"
+FALLBACK_KINDS = ("eager", "dynamo", "text-only")
+CAPACITY_PREFIX = "capacity"
+
+
+def dig(data: Any, *keys: str, default: Any = None) -> Any:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return default
+        data = data[key]
+    return data
+
+
+@dataclass
+class Run:
+    """One recorded stage/feature/ladder run (evidence.json and the files beside it)."""
+
+    data: dict[str, Any]
+    run_dir: Path
+
+    @property
+    def step(self) -> str:
+        return self.data.get("step") or self.run_dir.name.split("-", 1)[-1]
+
+    @property
+    def stage(self) -> str | None:
+        return self.data.get("stage")
+
+    @property
+    def verdict(self) -> str:
+        return self.data.get("verdict") or ("INTERRUPTED" if self.data.get("status") == "running" else NOT_RUN)
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / (self.data.get("log") or "serve.log")
+
+    @property
+    def argv(self) -> list[str]:
+        return list(dig(self.data, "command", "argv", default=[]) or [])
+
+    @property
+    def env(self) -> dict[str, str]:
+        return dict(dig(self.data, "command", "env", default={}) or {})
+
+    @property
+    def fallback_kind(self) -> str | None:
+        """eager / dynamo / text-only when this run used a fallback of the ladder, else None."""
+        if self.step == "text-only" or any(a.startswith("--limit-mm-per-prompt") for a in self.argv):
+            return "text-only"
+        if self.env.get("TORCHDYNAMO_DISABLE") == "1":
+            return "dynamo"
+        if "--enforce-eager" in self.argv:
+            return "eager"
+        return None
+
+    def command_lines(self) -> list[str]:
+        """command.sh as a terminal would take it: no shebang, comments, strict mode or exec."""
+        try:
+            text = (self.run_dir / "command.sh").read_text(encoding="utf-8")
+        except OSError:
+            return []
+        lines = []
+        for line in text.splitlines():
+            if line.startswith("#") or line.strip() in ("set -euo pipefail", ""):
+                continue
+            lines.append(line[5:] if line.startswith("exec ") else line)
+        return lines
+
+    def payload(self, kind: str) -> dict[str, Any] | None:
+        try:
+            lines = (self.run_dir / "requests.jsonl").read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("kind") == kind and record.get("payload"):
+                return record["payload"]
+        return None
+
+    def view(self) -> dict[str, Any]:
+        d = self.data
+        cause = d.get("root_cause") or {}
+        hits = d.get("signatures") or []
+        first_hint = next((h.get("hint_zh") for h in hits if isinstance(h, dict) and h.get("hint_zh")), None)
+        return {
+            "step": self.step, "stage": (self.stage or "?").upper(), "verdict": self.verdict,
+            "category": d.get("category"), "reason": d.get("reason"), "run_dir": str(self.run_dir),
+            "log": str(self.log), "log_exists": self.log.is_file(), "started_at": d.get("started_at"),
+            "fallback": self.fallback_kind, "feature": d.get("feature"),
+            "no_server": d.get("server_started") is False,
+            "root_cause": ({"line_no": cause.get("line_no"), "text": cause.get("text"),
+                            "sig_id": cause.get("sig_id"), "category": cause.get("category")} if cause else None),
+            "hint_zh": first_hint,
+            "ready_s": dig(d, "timings", "start_to_ready_s"),
+            "graph": d.get("graph") or {},
+            "requests": [{"kind": r.get("kind"), "ok": r.get("ok"), "status": r.get("status"),
+                          "content": (r.get("content") or "")[:40], "error": (r.get("error") or "")[:160]}
+                         for r in d.get("requests") or []],
+            "shell": dig(d, "command", "shell"),
+        }
+
+
+def read_runs(model_dir: Path) -> list[Run]:
+    """Every <stamp>-<step>/evidence.json under the model's directory, oldest first."""
+    runs = [Run(data, run_dir.resolve()) for run_dir, data in ev.iter_evidence(model_dir)]
+    runs.sort(key=lambda r: (r.data.get("started_at") or "", r.run_dir.name))
+    return runs
+
+
+def latest(runs: list[Run], predicate) -> Run | None:
+    chosen = [r for r in runs if predicate(r)]
+    return chosen[-1] if chosen else None
+
+
+def is_serving_run(run: Run) -> bool:
+    """Stage B runs that deploy the model (stage, feature, ladder), not capacity cells."""
+    return run.stage == "b" and not run.step.startswith(CAPACITY_PREFIX)
+
+
+@dataclass
+class Modes:
+    primary: Run | None
+    primary_is_fallback: bool
+    eager: Run | None
+    dynamo: Run | None
+    text_only: Run | None
+
+
+def passing_modes(runs: list[Run]) -> Modes:
+    """The docs follow the latest passing Stage B mode; fallbacks (eager, TORCHDYNAMO_DISABLE,
+    text-only) are the primary only when no other mode passed."""
+    passing = [r for r in runs if is_serving_run(r) and r.verdict == "PASS"]
+    normal = [r for r in passing if r.fallback_kind is None]
+    fallback = {kind: latest(passing, lambda r, k=kind: r.fallback_kind == k) for kind in FALLBACK_KINDS}
+    primary = normal[-1] if normal else (passing[-1] if passing else None)
+    return Modes(primary, bool(primary and primary.fallback_kind), fallback["eager"], fallback["dynamo"],
+                 fallback["text-only"])
