@@ -84,6 +84,14 @@ class Player:
             "spec_method": inv.json_value("--speculative-config").get("method", ""),
             "load_format": inv.value("--load-format") or "auto",
         }
+        # Expert parallelism: EP size is TP x DP (vLLM); rank 0's slice of the expert map, in
+        # vLLM's get_compressed_expert_map form ("0->0, 1->1, ...").
+        experts = int(self.scenario.model.get("num_experts") or 0)
+        ep_size = inv.tp * int(inv.value("--data-parallel-size") or 1)
+        if experts:
+            local = max(1, experts // ep_size)
+            values.update(ep_size=ep_size, global_experts=experts, local_experts=local,
+                          expert_map_rank0=", ".join(f"{i}->{i}" for i in range(local)))
         if self.budget:
             values.update(kv_tokens=self.budget.tokens, kv_gib=self.budget.gib,
                           num_blocks=self.budget.tokens // self.budget.block_size,

@@ -6,6 +6,7 @@ names its sources; every block (and request rule) carries a `source:` (an issue 
 example, is in helpers/replay/README.md; in short:
 
   name, era, summary                 what the scenario is
+  extends:    another scenario       its top-level keys are the defaults for this one
   box:        machine, versions, soc_version, modules, markers, source
                                      what the box reports (read by `python -m helpers.replay.box`)
   model:      architecture, max_position_embeddings, default_max_model_len
@@ -47,7 +48,7 @@ from helpers.replay.invocation import ScenarioError, check_condition
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
 MACHINES_FILE = Path(__file__).resolve().parent / "machines.yaml"
 
-TOP_KEYS = {"name", "era", "summary", "box", "model", "kv", "timing", "sigterm", "serving", "rewrites",
+TOP_KEYS = {"name", "extends", "era", "summary", "box", "model", "kv", "timing", "sigterm", "serving", "rewrites",
             "startup", "first_request", "periodic", "shutdown", "requests"}
 BLOCK_KEYS = {"id", "source", "when", "gap", "lines", "note"}
 RULE_KEYS = {"id", "source", "match", "when", "lines", "reply", "status", "error", "after", "note"}
@@ -285,14 +286,30 @@ def available() -> list[str]:
     return sorted(p.stem for p in SCENARIO_DIR.glob("*.yaml"))
 
 
-def load(name_or_path: str) -> Scenario:
-    path = resolve(name_or_path)
-    text = path.read_text(encoding="utf-8")
+def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The file's mapping, with `extends:` resolved: the base's top-level keys, overridden by
+    the keys this file sets (a whole key at a time: lists are replaced, not merged)."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{path.name}: not valid YAML: {str(exc).splitlines()[0]}") from None
     _require(raw, TOP_KEYS, path.name)
+    base_name = raw.get("extends")
+    if not base_name:
+        return raw
+    base_path = resolve(str(base_name))
+    if base_path in seen or base_path == path:
+        raise ScenarioError(f"{path.name}: `extends` loops through {base_path.name}")
+    merged = dict(_raw(base_path, seen + (path,)))
+    merged.pop("name", None)
+    merged.update({k: v for k, v in raw.items() if k != "extends"})
+    return merged
+
+
+def load(name_or_path: str) -> Scenario:
+    path = resolve(name_or_path)
+    text = path.read_text(encoding="utf-8")
+    raw = _raw(path)
     first_line = text.splitlines()[0] if text else ""
     box = _require(raw.get("box") or {}, BOX_KEYS, "box")
     kv = _require(raw.get("kv") or {}, {"tokens", "gib", "block_size", "source", "note"}, "kv")
@@ -303,7 +320,8 @@ def load(name_or_path: str) -> Scenario:
             name=str(raw.get("name") or path.stem), path=path, era=str(raw.get("era", "")),
             summary=str(raw.get("summary", "")).strip(), first_line=first_line, box=box,
             model=_require(raw.get("model") or {}, {"architecture", "max_position_embeddings",
-                                                   "default_max_model_len", "moe", "multimodal", "mtp"}, "model"),
+                                                   "default_max_model_len", "moe", "num_experts", "shared_experts",
+                                                   "multimodal", "mtp"}, "model"),
             kv=kv,
             timing=_require(raw.get("timing") or {}, {"scale", "max_gap"}, "timing"),
             sigterm=_require(raw.get("sigterm") or {}, {"during_startup", "honour_after", "source"}, "sigterm"),
