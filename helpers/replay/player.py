@@ -49,7 +49,16 @@ class Pace:
         """Replay seconds for `recorded` seconds of the original run."""
         if self.speed <= 0:
             return 0.0
-        return min(max(recorded, 0.0), self.max_gap) * self.scale / self.speed
+        return max(recorded, 0.0) * self.scale / self.speed
+
+    def gap(self, previous: float | None, stamp: float) -> float:
+        """Recorded seconds between two stamped lines of a block. A negative gap or one above
+        max_gap is where lines of two recorded runs were spliced: it counts as no time at all
+        (long silences are written as explicit pauses instead)."""
+        if previous is None:
+            return 0.0
+        delta = stamp - previous
+        return delta if 0 <= delta <= self.max_gap else 0.0
 
 
 @dataclass
@@ -120,9 +129,11 @@ class Player:
 
     def play(self, blocks: list[Block], *, realtime: bool = True) -> None:
         for block in self.active(blocks):
-            self.play_items(block.items, gap=block.gap, realtime=realtime)
+            self.play_items(block.items, gap=block.gap, realtime=realtime, busy=block.busy)
 
-    def play_items(self, items: list[Item], gap: float = 0.0, realtime: bool = True) -> None:
+    def play_items(self, items: list[Item], gap: float = 0.0, realtime: bool = True, busy: bool = False) -> None:
+        """Print the items; the time between stamped lines passes idle, or burning CPU when the
+        block is `busy` (a compile whose only output is its first and last line)."""
         previous: float | None = None
         pending_gap = gap
         for item in items:
@@ -131,12 +142,11 @@ class Player:
                 stamp = stamp_seconds(text)
                 delay = pending_gap
                 if stamp is not None:
-                    if previous is not None:
-                        delay += stamp - previous
+                    delay += self.pace.gap(previous, stamp)
                     previous = stamp
                 pending_gap = 0.0
                 if realtime:
-                    self.sleep(self.pace.seconds(delay))
+                    (self.burn if busy else self.sleep)(self.pace.seconds(delay))
                 self.emit(text)
             elif item.kind == "pause":
                 seconds = self.pace.seconds(item.seconds) if realtime else 0.0
@@ -158,8 +168,7 @@ class Player:
                     stamp = stamp_seconds(self.render(item))
                     delay = pending
                     if stamp is not None:
-                        if previous is not None:
-                            delay += stamp - previous
+                        delay += self.pace.gap(previous, stamp)
                         previous = stamp
                     pending = 0.0
                     total += self.pace.seconds(delay)

@@ -22,7 +22,7 @@ example, is in helpers/replay/README.md; in short:
   shutdown:      [block]             printed on SIGTERM after ready, then exit 0
   requests:      [rule]              how generation requests are answered (first match wins)
 
-A block is {id, source, when?, gap?, lines}. `lines` items are a verbatim line (a string), a
+A block is {id, source, when?, gap?, busy?, lines}. `lines` items are a verbatim line (a string), a
 `{template: ...}` line whose {placeholders} are filled in (a real source string that must carry a
 computed value), or an action: `{pause: s, busy: bool}`, `{ready: true}` (the port opens),
 `{exit: code}`, `{hang: true}` (silent and sleeping forever). A line's timestamp
@@ -50,7 +50,7 @@ MACHINES_FILE = Path(__file__).resolve().parent / "machines.yaml"
 
 TOP_KEYS = {"name", "extends", "era", "summary", "box", "model", "kv", "timing", "sigterm", "serving", "rewrites",
             "startup", "first_request", "periodic", "shutdown", "requests"}
-BLOCK_KEYS = {"id", "source", "when", "gap", "lines", "note"}
+BLOCK_KEYS = {"id", "source", "when", "gap", "busy", "lines", "note"}
 RULE_KEYS = {"id", "source", "match", "when", "lines", "reply", "status", "error", "after", "note"}
 AFTER_KEYS = {"engine_dead", "lines", "exit", "exit_after"}
 REPLIES = ("ok", "empty", "error", "stream_error", "hang")
@@ -76,6 +76,7 @@ class Block:
     items: list[Item]
     when: dict[str, Any] | None = None
     gap: float = 0.0
+    busy: bool = False
 
 
 @dataclass
@@ -210,7 +211,7 @@ def _blocks(raw: Any, where: str) -> list[Block]:
         check_condition(entry.get("when"), at)
         blocks.append(Block(id=str(entry.get("id") or f"{where}-{index}"), source=_source(entry, at),
                             items=_items(entry.get("lines", []), at), when=entry.get("when"),
-                            gap=float(entry.get("gap", 0.0))))
+                            gap=float(entry.get("gap", 0.0)), busy=bool(entry.get("busy", False))))
     return blocks
 
 
