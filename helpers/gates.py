@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import box, profiles
+from helpers import profiles
 from helpers import evidence as ev
 from helpers import features as feature_rules
 from helpers.errors import EXIT_PASS, UsageError
@@ -254,7 +254,7 @@ def write_no_run(settings: Settings, decision: GateDecision, *, model: Model, ba
         "model": model.name, "model_path": str(model.checkpoint), "served_name": model.served_name,
         "backend": backend, "multimodal": bool(decision.triage["facts"].get("is_multimodal")),
         "architectures": model.config.get("architectures"), "variant": None, "command": None,
-        "versions": box.installed_versions(),
+        "versions": profiles.load(backend).facts_box().versions(),
         "started_at": now, "finished_at": now, "timings": {}, "readiness": None, "requests": [], "graph": None,
         "verdict": decision.verdict, "category": None, "reason": decision.reason, "root_cause": None,
         "signatures": [], "log_evidence": {}, "log": None, "server_started": False,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +42,12 @@ class ParallelPlan:
 
 
 def plan_parallel(settings: Settings, backend: str, facts: ckpt.ConfigFacts, weight_bytes: int | None,
-                  weight_source: str, default_tp: int) -> tuple[ParallelPlan, list[str]]:
+                  weight_source: str, default_tp: int,
+                  npu_smi: tuple[str | None, str]) -> tuple[ParallelPlan, list[str]]:
+    """npu_smi: (`npu-smi info` text or None, where it came from), from the profile's box."""
     warnings: list[str] = []
     npu_info: dict[str, Any] = {"devices": 0, "chip": None, "series": None, "hbm_gib": None}
-    smi_text, smi_source = box.read_npu_smi() if backend == "ascend" or shutil.which("npu-smi") else (None, "no npu-smi")
+    smi_text, smi_source = npu_smi
     if smi_text:
         npu_info = box.parse_npu_smi(smi_text)
     count, count_source = npu_info["devices"], smi_source if smi_text else smi_source

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from helpers import box
+from helpers import box as box_module
 from helpers.errors import EnvironmentProblem, UsageError
+from helpers.settings import REPO_ROOT
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "profiles"
 
@@ -36,16 +38,38 @@ class Profile:
     # flag -> env variables to remove from the server's environment when the flag is given
     # (a legacy variable that would silently override the explicit flag).
     env_unset_by_flag: dict[str, list[str]] = field(default_factory=dict)
+    # where the box facts come from: {} = this machine; {command: [...]} = a command printing
+    # them as JSON (the replay backend's recorded box)
+    box: dict[str, Any] = field(default_factory=dict)
+    # `extends: <profile>` in the YAML: every key this profile does not set comes from that one,
+    # and so do the decision rules (features.yaml `backends`): the family is the root profile
+    family: str = ""
     path: Path | None = None
 
     @property
     def graph_expected(self) -> bool:
         return bool(self.graph.get("expected"))
 
-    def check_installed(self) -> None:
+    def facts_box(self, roots: dict[str, Path | None] | None = None) -> box_module.Box:
+        """What the box this backend serves on reports (versions, modules, source, NPUs)."""
+        cached = self.__dict__.get("_facts_box")  # a recorded box is read once per command
+        if cached is not None:
+            return cached
+        command = self.box.get("command")
+        if command:
+            substitutions = {"python": sys.executable, "repo": str(REPO_ROOT)}
+            made: box_module.Box = box_module.RecordedBox(
+                [str(part).format(**substitutions) for part in command], roots)
+        else:
+            made = box_module.Box(roots)
+        self.__dict__["_facts_box"] = made
+        return made
+
+    def check_installed(self, facts: box_module.Box | None = None) -> None:
         """What this backend needs to start a server is here (exit 3 with one line if not)."""
+        facts = facts or self.facts_box()
         for module in self.requires.get("modules", []):
-            if not box.module_importable(module):
+            if not facts.importable(module):
                 raise EnvironmentProblem(f"Python module {module!r} is not importable for BACKEND={self.name}",
                                          f"run `make setup BACKEND={self.name}` or use the image that has it")
         for command in self.requires.get("commands", []):
@@ -75,32 +99,53 @@ def detect_backend() -> str:
     return "cpu"
 
 
-def load(name: str) -> Profile:
-    name = (name or "").strip().lower() or detect_backend()
+def _read(name: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], Path] | None:
+    """A profile's YAML with its `extends` chain applied (keys of the child win)."""
     for directory in profile_dirs():
         path = directory / f"{name}.yaml"
         if path.is_file():
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            unknown = sorted(set(data) - {f.name for f in fields(Profile)})
+            known = {f.name for f in fields(Profile)} - {"family", "path"} | {"extends"}
+            unknown = sorted(set(data) - known)
             if unknown:
                 raise UsageError(f"profile {path}: unknown key(s) {unknown}", "see helpers/profiles/ascend.yaml")
-            return Profile(
-                name=data.get("name", name),
-                launcher=[str(x) for x in data.get("launcher", [])],
-                env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
-                flags=[str(x) for x in data.get("flags") or []],
-                defaults=data.get("defaults") or {},
-                graph=data.get("graph") or {},
-                capacity=data.get("capacity") or {},
-                requires=data.get("requires") or {},
-                versions=list(data.get("versions") or []),
-                workdir=data.get("workdir") or "",
-                detect_command=data.get("detect_command") or "",
-                env_unset_by_flag={str(k): [str(x) for x in v or []]
-                                   for k, v in (data.get("env_unset_by_flag") or {}).items()},
-                path=path,
-            )
-    raise UsageError(
-        f"BACKEND={name!r} is unknown",
-        f"use one of: {', '.join(available())}",
+            parent = str(data.get("extends") or "")
+            if parent:
+                if parent in seen + (name,):
+                    raise UsageError(f"profile {path}: extends {parent!r} in a loop")
+                base = _read(parent, seen + (name,))
+                if base is None:
+                    raise UsageError(f"profile {path}: extends {parent!r}, which is not a profile",
+                                     f"use one of: {', '.join(available())}")
+                # a mapping (capacity, defaults, requires ...) overrides its parent's keys one by one
+                merged = {key: ({**value, **data[key]} if isinstance(value, dict) and isinstance(data.get(key), dict)
+                                else data.get(key, value)) for key, value in base[0].items()}
+                data = {**data, **merged, "family": base[0].get("family") or parent}
+            return data, path
+    return None
+
+
+def load(name: str) -> Profile:
+    name = (name or "").strip().lower() or detect_backend()
+    found = _read(name)
+    if found is None:
+        raise UsageError(f"BACKEND={name!r} is unknown", f"use one of: {', '.join(available())}")
+    data, path = found
+    return Profile(
+        name=data.get("name", name),
+        launcher=[str(x) for x in data.get("launcher", [])],
+        env={str(k): str(v) for k, v in (data.get("env") or {}).items()},
+        flags=[str(x) for x in data.get("flags") or []],
+        defaults=data.get("defaults") or {},
+        graph=data.get("graph") or {},
+        capacity=data.get("capacity") or {},
+        requires=data.get("requires") or {},
+        versions=list(data.get("versions") or []),
+        workdir=data.get("workdir") or "",
+        detect_command=data.get("detect_command") or "",
+        env_unset_by_flag={str(k): [str(x) for x in v or []]
+                           for k, v in (data.get("env_unset_by_flag") or {}).items()},
+        box=data.get("box") or {},
+        family=str(data.get("family") or data.get("name", name)),
+        path=path,
     )

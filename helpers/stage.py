@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import box, profiles
+from helpers import profiles
 from helpers import evidence as ev
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted
 from helpers.lifecycle import Session, SignalGuard, serving
@@ -107,7 +107,7 @@ class StageRun:
                         "env": self.request.variant.env},
             "command": {"argv": self.plan.argv, "env": self.plan.env, "cwd": self.plan.cwd,
                         "shell": self.plan.shell_line(), "file": "command.sh"},
-            "versions": box.installed_versions(self.profile.versions),
+            "versions": self.profile.facts_box().versions(self.profile.versions),
             "started_at": ev.utc_iso(),
             "finished_at": None,
             "timings": {},

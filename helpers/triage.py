@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import box, parallel, profiles
+from helpers import parallel, profiles
 from helpers import checkpoint as ckpt
 from helpers import coverage as coverage_check
 from helpers import evidence as ev
@@ -109,12 +109,13 @@ def needs_trust_remote_code(config: dict[str, Any], inventory: ckpt.Inventory, r
             "auto_map": inventory.auto_map}
 
 
-def feature_facts(backend: str, profile: profiles.Profile, facts: ckpt.ConfigFacts, mtp: MtpStatus,
+def feature_facts(profile: profiles.Profile, facts: ckpt.ConfigFacts, mtp: MtpStatus,
                   has_weights: bool, tp: int) -> dict[str, Any]:
-    """The facts the feature rules (features.yaml) read; recorded in triage.json as they were."""
+    """The facts the feature rules (features.yaml) read; recorded in triage.json as they were.
+    `backend` is the profile's family: a backend built on ascend is decided by ascend's rules."""
     moe = facts.moe
     return {
-        "backend": backend,
+        "backend": profile.family,
         "graph_expected": profile.graph_expected,
         "graph_evidence": profile.graph.get("evidence", ""),
         "is_moe": moe["is_moe"],
@@ -222,6 +223,7 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
 
     backend = (backend_name or settings.backend or "").strip().lower() or profiles.detect_backend()
     profile = profiles.load(backend)
+    facts_box = profile.facts_box(implementation_roots(settings))
     default_tp = int(profile.defaults.get("tp", 1) or 1)
     if has_weights:
         weight_bytes, weight_source = scan.data_bytes, "safetensors headers"
@@ -232,14 +234,15 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
         weight_bytes, weight_source = coverage.expected_params * per, f"estimate: {coverage.expected_params} parameters x {per} bytes"
     else:
         weight_bytes, weight_source = None, "unknown"
-    plan, plan_warnings = parallel.plan_parallel(settings, backend, facts, weight_bytes, weight_source, default_tp)
+    plan, plan_warnings = parallel.plan_parallel(settings, profile.name, facts, weight_bytes, weight_source,
+                                                 default_tp, facts_box.npu_smi())
     warnings += plan_warnings
     has_qk_norm = (facts.model_type or "").startswith("qwen3") or expects_k_norm or any(
         n.endswith("k_norm.weight") for n in scan.tensors)
     if plan.kv_heads_replicated and has_qk_norm:
         warnings.append("this architecture has QK norm (k_norm): expect the `128 vs 64` shape error at TP > KV heads")
 
-    versions = box.installed_versions()
+    versions = facts_box.versions()
     if query is not None:
         registry = query.result(facts.architectures, registry_timeout)
     elif registry_wanted:
@@ -254,10 +257,10 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
     trust = needs_trust_remote_code(config, inventory, registry, transformers_knows)
 
     rules = feature_rules.load_rules()
-    rule_facts = feature_facts(backend, profile, facts, mtp, has_weights, plan.tp)
+    rule_facts = feature_facts(profile, facts, mtp, has_weights, plan.tp)
     feature_list = [a.to_dict() for a in feature_rules.assess_all(
-        rule_facts, rules=rules, versions=versions,
-        source_probe=box.SourceProbe({"vllm-ascend": settings.vllm_ascend_src, "vllm": settings.vllm_src}))]
+        rule_facts, rules=rules, versions=versions, source_probe=facts_box.source_contains,
+        module_probe=facts_box.importable)]
 
     blocking = errors[0] if errors else ""
     exit_code = 2 if errors else 0
@@ -366,7 +369,7 @@ def stale_because(record: dict[str, Any], model_dir: Path, backend: str, version
 def current_facts(settings: Settings, model: Model, backend: str,
                   out: Callable[[str], None] | None = None) -> TriageFacts:
     """triage.json when it is fresh; else triage in-process without the registry (and written)."""
-    versions = box.installed_versions()
+    versions = profiles.load(backend).facts_box(implementation_roots(settings)).versions()
     path = triage_path(model)
     record: dict[str, Any] | None = None
     why = "there is no triage.json"
