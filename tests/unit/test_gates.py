@@ -132,7 +132,7 @@ def ascend_context(tmp_path: Path, version: str, source_markers: set[str], facts
 
 def test_flashcomm1_removed_version_is_framework_unsupported_with_the_deprecation_line(tmp_path):
     # A recorded run whose log printed the deprecation (the scanner keeps it in log_evidence).
-    line = (ASCEND_LOGS / "flashcomm-deprecated.log").read_text().splitlines()[2]
+    line = (ASCEND_LOGS / "main" / "flashcomm-deprecated.log").read_text().splitlines()[1]
     old = tmp_path / "20260801T000000Z-stage-b"
     old.mkdir()
     (old / "evidence.json").write_text(json.dumps({"finished_at": "2026-08-01T00:00:00+00:00",
