@@ -12,6 +12,7 @@ from typing import Any
 
 import jinja2
 
+from helpers import ascend_facts
 from helpers.logscan import CATALOG_PATH, load_catalog
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -36,6 +37,10 @@ class Entry:
     rung_why: str
     example: str
     generic: bool
+    specificity: int = 2
+    example_source: str = ""
+    fact: str = ""
+    fact_holds: str = ""      # "vllm-ascend >=0.20.2rc1,<0.27" / "main" for the version-bound ones
 
 
 def _fill(text: str) -> str:
@@ -44,16 +49,28 @@ def _fill(text: str) -> str:
     return text
 
 
+def _holds(fact: ascend_facts.Fact | None) -> str:
+    if fact is None:
+        return ""
+    if fact.main_only:
+        return "vllm-ascend main（未发版）"
+    return f"{fact.package} {fact.range}" if fact.range != "*" else f"{fact.package} 所有版本"
+
+
 def entries(catalog_path: str | Path | None = None) -> list[Entry]:
     catalog = load_catalog(catalog_path)
+    facts = ascend_facts.load()
     found: list[Entry] = []
     for sig in catalog.signatures:
+        fact = facts.get(sig.fact) if sig.fact else None
         rung = sig.rung or "none"
         step = catalog.rungs.get(rung, {})
         found.append(Entry(
             id=sig.id, category=sig.category, severity=sig.severity, stage=sig.stage, regex=sig.regex,
             hint_zh=sig.hint_zh, rung=rung, rung_command=_fill(step.get("command", "")),
             rung_why=_fill(step.get("why", "")), example=sig.example, generic=sig.generic,
+            specificity=sig.specificity, example_source=sig.example_source, fact=sig.fact or "",
+            fact_holds=_holds(fact),
         ))
     return found
 
