@@ -588,9 +588,9 @@ def render_diagnosis(diag: Diagnosis) -> str:
         return "\n".join(lines)
     kind = f"{diag.category}, false-ready" if diag.false_ready and diag.category != "false-ready" else diag.category
     lines += [
-        f"verdict:    FAIL ({kind}; during {diag.when})",
+        f"verdict:    FAIL ({kind}" + (f"; during {diag.when})" if diag.when != "unknown" else ")"),
         f"root cause: line {diag.root_cause_line}: {diag.root_cause}",
-        f"signature:  {diag.sig_id}" + (f" (version-bound: fact {diag.fact})" if diag.fact else ""),
+        f"signature:  {diag.sig_id}" + (f" (fact {diag.fact}: helpers/ascend_facts.yaml)" if diag.fact else ""),
         f"hint (zh):  {diag.hint_zh}",
         f"hint (en):  {diag.hint_en}",
     ]

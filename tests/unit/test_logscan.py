@@ -342,7 +342,7 @@ def test_cli_failure_exit_1_with_root_cause():
     assert "verdict:    FAIL (graph-capture; during capture)" in result.stdout
     assert "root cause: line 2: (Worker_TP1 pid=6270) ERROR" in result.stdout
     assert "invalidated the stream capture sequence" in result.stdout
-    assert "signature:  graph-capture-invalidated (version-bound: fact capture-invalidated)" in result.stdout
+    assert "signature:  graph-capture-invalidated (fact capture-invalidated: helpers/ascend_facts.yaml)" in result.stdout
     assert "make eager MODEL=Qwen3-14B" in result.stdout
     assert "图捕获失败" in result.stdout
 
