@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -26,6 +27,9 @@ ALIASES = {
     "torch-npu": ("torch-npu", "torch_npu"),
 }
 STANDARD_PACKAGES = ("vllm", "vllm-ascend", "transformers", "torch", "torch-npu")
+# Chip generation from torch_npu.npu.get_soc_version(), as vllm-ascend decides it (fact
+# soc-generation-ranges: vllm_ascend/utils.py@v0.12.0rc1:696, vllm_ascend/device/hardware.py@main:64).
+SOC_SERIES = ((220, 225, "A2"), (250, 255, "A3"), (200, 205, "310P"), (260, 260, "A5"))
 _BUS_ID = re.compile(r"\b[0-9A-Fa-f]{4}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.\d\b")
 
 
@@ -117,7 +121,7 @@ def parse_npu_smi(text: str) -> dict[str, Any]:
             pairs = re.findall(r"(\d+)\s*/\s*(\d+)", line)
             if pairs:
                 hbm_mb.append(int(pairs[-1][1]))
-        name = re.match(r"\|\s*\d+\s+(\S*910\S*)", line)
+        name = re.match(r"\|\s*\d+\s+(\S*(?:910|310|950)\S*)", line)
         if name and chip is None:
             chip = name.group(1)
     series = None
@@ -126,6 +130,10 @@ def parse_npu_smi(text: str) -> dict[str, Any]:
             series = "A2"
         elif re.search(r"910_?93|910C|Ascend910$", chip, re.I):
             series = "A3"
+        elif re.search(r"310P", chip, re.I):
+            series = "310P"
+        elif re.search(r"950", chip):  # unverified: no public npu-smi output of an A5 was found
+            series = "A5"
     hbm = round(max(hbm_mb) / 1024, 1) if hbm_mb else None
     return {"devices": devices, "chip": chip, "series": series, "hbm_gib": hbm}
 
@@ -152,6 +160,23 @@ class Box:
 
     def npu_smi(self) -> tuple[str | None, str]:
         return read_npu_smi()
+
+    def soc_version(self) -> int | None:
+        """torch_npu.npu.get_soc_version() in a subprocess (importing torch_npu takes seconds);
+        None without torch_npu or an NPU."""
+        if not self.importable("torch_npu"):
+            return None
+        code = "import torch_npu; print(torch_npu.npu.get_soc_version())"
+        try:
+            done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        text = (done.stdout.strip().splitlines() or [""])[-1]
+        return int(text) if done.returncode == 0 and text.isdigit() else None
+
+
+def series_of_soc(soc: int | None) -> str | None:
+    return next((name for low, high, name in SOC_SERIES if soc is not None and low <= soc <= high), None)
 
 
 class RecordedBox(Box):
@@ -180,6 +205,10 @@ class RecordedBox(Box):
 
     def source_contains(self, package: str, needle: str) -> bool | None:
         return (self.facts.get("markers") or {}).get(needle)
+
+    def soc_version(self) -> int | None:
+        value = self.facts.get("soc_version")
+        return int(value) if value is not None else None
 
     def npu_smi(self) -> tuple[str | None, str]:
         text = self.facts.get("npu_smi") or None

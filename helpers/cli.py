@@ -157,18 +157,18 @@ def diagnose_cmd(log: str | None, as_json: bool, model: str | None) -> None:
     """
     import json
 
-    from helpers import logscan
+    from helpers import diagnosis
     from helpers.errors import UsageError
 
     loaded = _settings()
     path = log if log else str(loaded.log or "")
     if not path:
         raise UsageError("no log given", "run make diagnose LOG=path/to/server.log")
-    diag = logscan.diagnose(path, model=model if model is not None else loaded.model)
+    diag = diagnosis.diagnose(path, model=model if model is not None else loaded.model)
     if as_json:
         click.echo(json.dumps(diag.to_dict(), ensure_ascii=False, indent=2, default=str))
     else:
-        click.echo(logscan.render_diagnosis(diag))
+        click.echo(diagnosis.render_diagnosis(diag))
     sys.exit(diag.exit_code)
 
 

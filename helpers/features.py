@@ -20,9 +20,10 @@ from typing import Any, Callable
 
 import yaml
 
+from helpers import ascend_facts
 from helpers.errors import UsageError
 from helpers.plan import Variant
-from helpers.logscan import load_catalog
+from helpers.catalog import load_catalog
 
 RULES_PATH = Path(__file__).resolve().parent / "features.yaml"
 GATES_PATH = Path(__file__).resolve().parent / "gates.yaml"
@@ -42,8 +43,8 @@ SourceProbe = Callable[[str, str], "bool | None"]
 class VersionRule:
     mode: str
     package: str
+    fact: str                 # helpers/ascend_facts.yaml: the sourced fact whose versions this holds for
     source_contains: str = ""
-    range: str = ""
     category: str = ""
     because: str = ""
     flags: list[str] | None = None
@@ -65,6 +66,9 @@ class FeatureRule:
     flags: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     evidence: list[str] = field(default_factory=list)   # evidence keys of helpers/signatures.yaml
+    # evidence keys that show the option was accepted, not that it took effect; with only these
+    # (or the feature's own env switch in the server's environment) the gate says so, not FAIL
+    accepted_by: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)   # signature ids of the feature's refusals
     metrics: str | None = None                          # evidence key recorded as feature_metrics
     versions: list[VersionRule] = field(default_factory=list)
@@ -176,38 +180,21 @@ def render(text: str, facts: dict[str, Any]) -> str:
 
 # --- versions -------------------------------------------------------------------------------
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in re.findall(r"\d+", text.split("+")[0])[:3]) or (0,)
-
-
-def version_in_range(version: str, spec: str) -> bool:
-    """`>=0.19,<0.24` style ranges on the numeric part of a version (dev/rc suffixes ignored)."""
-    current = _version_tuple(version)
-    for clause in filter(None, (c.strip() for c in spec.split(","))):
-        match = re.fullmatch(r"(>=|<=|==|>|<)\s*([\w.]+)", clause)
-        if not match:
-            raise UsageError(f"version range {spec!r} in {RULES_PATH.name} is not understood")
-        op, bound = match.group(1), _version_tuple(match.group(2))
-        ok = {">=": current >= bound, "<=": current <= bound, "==": current == bound,
-              ">": current > bound, "<": current < bound}[op]
-        if not ok:
-            return False
-    return True
-
-
 def pick_version_rule(rule: FeatureRule, versions: dict[str, str | None],
                       source_probe: SourceProbe | None) -> tuple[VersionRule | None, str]:
-    """The first version entry matching the installed package, and why it matched."""
+    """The first version entry matching the installed package, and why it matched: a source
+    marker (text in the installed package) first, else the versions of the entry's fact."""
     for entry in rule.versions:
+        fact = ascend_facts.get(entry.fact)
         if entry.source_contains and source_probe is not None:
             found = source_probe(entry.package, entry.source_contains)
             if found is True:
-                return entry, f"installed {entry.package} source contains {entry.source_contains!r}"
+                return entry, f"installed {entry.package} source contains {entry.source_contains!r}; fact {fact.id}"
             if found is False:
                 continue
         installed = versions.get(entry.package)
-        if entry.range and installed and version_in_range(installed, entry.range):
-            return entry, f"{entry.package} {installed} is in {entry.range}"
+        if installed and fact.holds_for(installed):
+            return entry, f"{entry.package} {installed} is in {fact.range} (fact {fact.id}: {fact.source[0]})"
     return None, ""
 
 
@@ -237,7 +224,7 @@ def assess(rule: FeatureRule, rules: RuleSet, facts: dict[str, Any], *,
             id=rule.id, name=rule.name, zh=rule.zh, category=category, verdict=rules.verdict(category),
             evidence=evidence, flags=[render(f, facts) for f in (rule.flags if flags is None else flags)],
             env={k: render(str(v), facts) for k, v in (rule.env if env is None else env).items()},
-            log_evidence=evidence_regexes([render(k, facts) for k in rule.evidence]),
+            log_evidence=evidence_regexes([key for k in rule.evidence for key in render(k, facts).split(",")]),
             make_target=rule.make_target, version_mode=mode,
         )
 

@@ -19,7 +19,7 @@ from helpers import evidence as ev
 from helpers import features as feature_rules
 from helpers.errors import EXIT_PASS, UsageError
 from helpers.features import GateSpec, load_specs
-from helpers.logscan import load_catalog
+from helpers.catalog import load_catalog
 from helpers.model import Model
 from helpers.plan import Variant
 from helpers.settings import Settings
@@ -134,7 +134,8 @@ def decide_flashcomm1(spec: GateSpec, ctx: GateContext) -> GateDecision:
         tp = ctx.user_tp or ctx.facts.facts.get("tp") or 1
         if int(tp) <= 1:
             decision.reason += ("; note: TP=1 - vllm-ascend refuses flashcomm1 when tp_size is 1 "
-                                "(`Flash Comm v1 (Sequence Parallelism) is only supported when tp_size > 1`)")
+                                "(`... is only supported when tp_size > 1`, worded by version: "
+                                "fact flashcomm1-tp-requirement)")
     return decision
 
 
@@ -164,10 +165,13 @@ def decide(name: str, ctx: GateContext, specs: dict[str, GateSpec] | None = None
 
 @dataclass
 class Proof:
-    """What a gate's run must show: evidence keys, contradicting keys and refusal signatures,
-    from the gate and its feature rule (the regexes themselves live in signatures.yaml)."""
+    """What a gate's run must show: evidence keys, keys that show the option was only accepted,
+    contradicting keys and refusal signatures, from the gate and its feature rule (the regexes
+    themselves live in signatures.yaml)."""
 
+    name: str
     evidence: list[str]
+    accepted_by: list[str]
     contradicted_by: list[str]
     failures: list[str]
     metrics: str | None
@@ -176,7 +180,8 @@ class Proof:
     @classmethod
     def of(cls, spec: GateSpec) -> "Proof":
         rule = feature_rules.load_rules().get(spec.feature) if spec.feature else None
-        return cls(evidence=rule.evidence if rule else spec.evidence, contradicted_by=spec.contradicted_by,
+        return cls(name=spec.name, evidence=rule.evidence if rule else spec.evidence,
+                   accepted_by=rule.accepted_by if rule else [], contradicted_by=spec.contradicted_by,
                    failures=rule.failures if rule else [], metrics=rule.metrics if rule else None,
                    env_evidence=spec.env_evidence)
 
@@ -197,40 +202,64 @@ def _patterns(keys: list[str]) -> list[re.Pattern]:
     return [p for key in keys for p in catalog.evidence_patterns(key)]
 
 
-def feature_evidence(proof: Proof, scan_evidence: dict[str, Any], scan_lines: dict[str, int], log: Path,
-                     server_env: dict[str, str], name: str) -> tuple[dict[str, Any] | None, str]:
-    """(feature_evidence, why-not). Evidence found -> ({line, line_no, ...}, ''), else (None, reason)."""
+def _first(keys: list[str], scan_evidence: dict[str, Any], scan_lines: dict[str, int], log: Path,
+           level: str) -> dict[str, Any] | None:
+    """The first of these evidence keys the scanner kept, else the first matching serve.log line."""
+    for key in keys:
+        value = scan_evidence.get(key)
+        if value:
+            return {"key": key, "line": str(value), "line_no": scan_lines.get(key), "level": level}
+    hit = find_in_log(log, _patterns(keys))
+    return {"key": None, "line": hit[0], "line_no": hit[1], "level": level} if hit else None
+
+
+def feature_evidence(spec: GateSpec, scan_evidence: dict[str, Any], scan_lines: dict[str, int], log: Path,
+                     server_env: dict[str, str], switch_env: dict[str, str] | None = None
+                     ) -> tuple[dict[str, Any] | None, str]:
+    """(feature_evidence, why-not). Evidence found -> ({line, line_no, level, ...}, ''), else (None,
+    reason). level `took-effect`: a line proves the feature ran; `accepted`: only that the server
+    took the option (an accepted-line, or the feature's own env switch in the server's env)."""
+    proof = Proof.of(spec)
     contradiction = find_in_log(log, _patterns(proof.contradicted_by))
     if contradiction:
         return None, (f"the option did not take effect: serve.log line {contradiction[1]}: "
                       f"{contradiction[0].strip()[:200]}")
-    for key in proof.evidence:
-        value = scan_evidence.get(key)
-        if value:
-            return {"key": key, "line": str(value), "line_no": scan_lines.get(key)}, ""
-    hit = find_in_log(log, _patterns(proof.evidence))
-    if hit:
-        return {"key": None, "line": hit[0], "line_no": hit[1]}, ""
+    found = _first(proof.evidence, scan_evidence, scan_lines, log, "took-effect")
+    if found:
+        return found, ""
     if proof.env_evidence and server_env.get(proof.env_evidence):
         value = server_env[proof.env_evidence]
-        return {"key": None, "env": {proof.env_evidence: value},
+        return {"key": None, "env": {proof.env_evidence: value}, "level": "took-effect",
                 "line": f"{proof.env_evidence}={value} in the server environment (command.sh); no Dynamo trace "
                         f"or compile line in serve.log", "line_no": None}, ""
-    return None, f"no evidence in serve.log that {name} took effect (looked for: {', '.join(proof.evidence)})"
+    accepted = _first(proof.accepted_by, scan_evidence, scan_lines, log, "accepted")
+    switched = {k: v for k, v in (switch_env or {}).items() if server_env.get(k) == v}
+    if accepted is None and switch_env and switched == switch_env:
+        accepted = {"key": None, "env": switched, "level": "accepted", "line_no": None,
+                    "line": " ".join(f"{k}={v}" for k, v in switched.items())
+                    + " in the server environment (command.sh) and the server started with it"}
+    if accepted:
+        return accepted, ""
+    return None, f"no evidence in serve.log that {spec.name} took effect (looked for: {', '.join(proof.evidence)})"
 
 
 def apply_feature_check(spec: GateSpec, record: dict[str, Any], log: Path) -> None:
-    """Turn a PASSing server without the feature's evidence into a FAIL of the feature, and name a
-    failing server's gate failure line (e.g. flashcomm1's tp_size / EP requirement)."""
+    """Turn a PASSing server without the feature's evidence into a FAIL of the feature (an option
+    only accepted stays PASS and says so), and name a failing server's gate failure line (e.g.
+    flashcomm1's tp_size / EP requirement)."""
     proof = Proof.of(spec)
     env = (record.get("command") or {}).get("env") or {}
     if record.get("verdict") == "PASS":
-        found, why = feature_evidence(proof, record.get("log_evidence") or {},
-                                      (record.get("log_scan") or {}).get("evidence_lines") or {}, log, env, spec.name)
+        switch = (record.get("variant") or {}).get("env") or {}
+        found, why = feature_evidence(spec, record.get("log_evidence") or {},
+                                      (record.get("log_scan") or {}).get("evidence_lines") or {}, log, env, switch)
         record["feature_evidence"] = found
         if found is None:
             record["verdict"], record["category"] = "FAIL", "feature-not-active"
             record["reason"] = (f"the server passed its smoke requests, but {spec.name} is not proven: {why}")
+        elif found["level"] == "accepted":
+            record["reason"] = (f"{spec.name} accepted, no runtime evidence: {found['line'].strip()[:200]} "
+                                "(this vllm-ascend logs no line when it takes effect for this model)")
         if proof.metrics:
             record["feature_metrics"] = (record.get("log_evidence") or {}).get(proof.metrics)
     elif record.get("verdict") == "FAIL":

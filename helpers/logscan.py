@@ -19,34 +19,21 @@ import ast
 import re
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-import yaml
+from helpers.catalog import Catalog, Extractor, load_catalog
+from helpers.logline import ANSI, split_prefix
 
-from helpers.errors import UsageError
-
-CATALOG_PATH = Path(__file__).with_name("signatures.yaml")
-SEVERITIES = ("info", "evidence", "failure")
-STAGES = ("startup", "runtime", "any")
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-# `(APIServer pid=12) INFO 08-14 10:11:12 [file.py:12] message`; one space before the message so
-# traceback indentation survives.
-VLLM_PREFIX = re.compile(
-    r"^\((?P<proc>[^()\s]+) pid=(?P<pid>\d+)\) (?P<level>[A-Z]+) "
-    r"(?P<ts>\d\d-\d\d \d\d:\d\d:\d\d)(?:\.\d+)? \[(?P<src>[^\]]*)\] ?(?P<msg>.*)$",
-    re.S,
-)
-# uvicorn: `INFO:     Application startup complete.` (sometimes behind the vLLM proc prefix).
-UVICORN = re.compile(r"^(?:\((?P<proc>[^()\s]+) pid=(?P<pid>\d+)\) )?(?P<level>[A-Z]+):\s+(?P<msg>.*)$", re.S)
 TRACEBACK_START = "Traceback (most recent call last):"
 CHAIN_MARKERS = ("During handling of the above exception", "The above exception was the direct cause")
 EXCEPTION_LINE = re.compile(r"^(?P<exc>[A-Za-z_][\w.]*)(?::(?: (?P<detail>.*))?)?$", re.S)
 FAILURE_LEVELS = (None, "ERROR", "CRITICAL")
 READY_PHASE = "ready"
 RESTART_PHASE = "starting"
+CAPTURE_PHASE = "capturing graphs"
+EXCEPTION_SPECIFICITY = 1     # a traceback's exception line with detail but no known signature
 
 CHUNK_SIZE = 4 << 20          # bytes read per step by scan_file
 MAX_SEGMENT = 64 << 10        # longer lines are matched on their first 64 KiB
@@ -55,6 +42,7 @@ HITS_KEPT = 10                # first and last N hits per signature
 TRACEBACK_WINDOW = 400        # an open traceback keeps full mode at most this many lines
 TRACEBACKS_KEPT = 20          # first and last N tracebacks
 LIST_EVIDENCE_KEPT = 20
+INCIDENT_WINDOW = 400         # lines after the first failure that belong to the same incident
 
 
 # --- records ---------------------------------------------------------------------------------
@@ -70,6 +58,8 @@ class Hit:
     hint_en: str
     rung: str | None
     generic: bool = False
+    specificity: int = 2
+    phase: str = ""               # the scanner's phase when the line was read (capture vs replay)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,162 +88,6 @@ class Traceback:
     exc_line: int | None = None
     exc_text: str | None = None
     exception: str | None = None
-
-
-# --- catalog ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Signature:
-    id: str
-    regex: str
-    pattern: re.Pattern
-    category: str
-    severity: str
-    stage: str
-    hint_zh: str
-    hint_en: str
-    rung: str | None
-    example: str
-    generic: bool
-    needles: tuple[str, ...] | None  # one of these must be in the line for the regex to match
-
-
-@dataclass(frozen=True)
-class Extractor:
-    key: str
-    kind: str  # int | float | str | line | dict | list
-    pattern: re.Pattern
-    needles: tuple[str, ...] | None
-    keep: str = "first"
-    vllm_prefix_only: bool = False
-
-
-@dataclass(frozen=True)
-class Catalog:
-    signatures: tuple[Signature, ...]
-    phases: tuple[tuple[str, re.Pattern], ...]
-    stop_markers: tuple[re.Pattern, ...]
-    ignore_lines: tuple[re.Pattern, ...]
-    extractors: tuple[Extractor, ...]
-    runtime_gates: tuple[bytes, ...]
-    rungs: dict[str, dict[str, str]]
-
-    def by_id(self, sig_id: str) -> Signature:
-        for sig in self.signatures:
-            if sig.id == sig_id:
-                return sig
-        raise KeyError(sig_id)
-
-    def evidence_patterns(self, key: str) -> list[re.Pattern]:
-        """The regexes of an evidence key (a key may have several extractors)."""
-        found = [ex.pattern for ex in self.extractors if ex.key == key]
-        if not found:
-            raise KeyError(key)
-        return found
-
-
-def _literal_runs(items: Iterable) -> tuple[str, ...] | None:
-    """Required literal text of a parsed regex sequence: the longest literal run, or one literal
-    per alternative of a top-level branch. None when nothing is surely required."""
-    from re import _parser as sre  # noqa: PLC0415 (private, but stable in 3.11 and 3.12)
-
-    best = ""
-    run: list[str] = []
-    branch_needles: tuple[str, ...] | None = None
-    for op, av in list(items) + [(None, None)]:
-        if op is sre.LITERAL:
-            run.append(chr(av))
-            continue
-        if len("".join(run)) > len(best):
-            best = "".join(run)
-        run = []
-        if op is sre.SUBPATTERN and av[1] == 0 and av[2] == 0:
-            inner = _literal_runs(av[3])
-            if inner and (branch_needles is None or min(map(len, inner)) > min(map(len, branch_needles))):
-                branch_needles = inner
-        elif op is sre.BRANCH:
-            alternatives = [_literal_runs(alt) for alt in av[1]]
-            if all(alternatives):
-                needles = tuple(n for alt in alternatives for n in alt)  # type: ignore[union-attr]
-                if branch_needles is None or min(map(len, needles)) > min(map(len, branch_needles)):
-                    branch_needles = needles
-    if len(best) >= 3:
-        return (best,)
-    if branch_needles and min(map(len, branch_needles)) >= 2:
-        return branch_needles
-    return (best,) if best else None
-
-
-def required_literals(regex: str) -> tuple[str, ...] | None:
-    """Substrings one of which every match of `regex` contains (a cheap pre-filter)."""
-    try:
-        from re import _parser as sre  # noqa: PLC0415
-
-        parsed = sre.parse(regex)
-    except Exception:  # any other Python: no pre-filter, the regex still decides
-        return None
-    if parsed.state.flags & re.IGNORECASE:
-        return None
-    return _literal_runs(parsed)
-
-
-def _compile(where: str, regex: str) -> re.Pattern:
-    try:
-        return re.compile(regex)
-    except re.error as exc:
-        raise ValueError(f"{where}: bad regex {regex!r}: {exc}") from exc
-
-
-def _build_catalog(data: dict[str, Any], where: str) -> Catalog:
-    rungs = {str(k): dict(v or {}) for k, v in (data.get("rungs") or {}).items()}
-    signatures = []
-    seen: set[str] = set()
-    for raw in data.get("signatures") or []:
-        sig_id = str(raw.get("id", ""))
-        missing = [k for k in ("id", "regex", "category", "severity", "stage", "hint_zh", "hint_en", "rung",
-                               "example") if not raw.get(k)]
-        if missing:
-            raise ValueError(f"{where}: signature {sig_id or '?'} lacks {', '.join(missing)}")
-        if sig_id in seen:
-            raise ValueError(f"{where}: signature id {sig_id} appears twice")
-        seen.add(sig_id)
-        if raw["severity"] not in SEVERITIES or raw["stage"] not in STAGES:
-            raise ValueError(f"{where}: signature {sig_id}: severity {raw['severity']!r} / stage {raw['stage']!r}")
-        if rungs and raw["rung"] not in rungs:
-            raise ValueError(f"{where}: signature {sig_id}: unknown rung {raw['rung']!r}")
-        signatures.append(Signature(
-            id=sig_id, regex=raw["regex"], pattern=_compile(sig_id, raw["regex"]), category=raw["category"],
-            severity=raw["severity"], stage=raw["stage"], hint_zh=raw["hint_zh"], hint_en=raw["hint_en"],
-            rung=None if raw["rung"] == "none" else raw["rung"], example=raw["example"],
-            generic=bool(raw.get("generic", False)), needles=required_literals(raw["regex"]),
-        ))
-    phases = tuple((str(p["label"]), _compile(f"phase {p['label']}", p["regex"])) for p in data.get("phases") or [])
-    stops = tuple(_compile("stop marker", r) for r in data.get("stop_markers") or [])
-    ignored = tuple(_compile("ignore line", r) for r in data.get("ignore_lines") or [])
-    extractors = []
-    for raw in data.get("evidence") or []:
-        kind = raw.get("kind", "line")
-        if kind not in ("int", "float", "str", "line", "dict", "list"):
-            raise ValueError(f"{where}: evidence {raw.get('key')}: unknown kind {kind!r}")
-        pattern = _compile(f"evidence {raw['key']}", raw["regex"])
-        if kind not in ("line", "list") and "v" not in pattern.groupindex:
-            raise ValueError(f"{where}: evidence {raw['key']}: kind {kind} needs a (?P<v>...) group")
-        extractors.append(Extractor(key=raw["key"], kind=kind, pattern=pattern, needles=required_literals(raw["regex"]),
-                                    keep=raw.get("keep", "first"), vllm_prefix_only=bool(raw.get("vllm_prefix_only"))))
-    gates = tuple(str(g).encode() for g in data.get("runtime_gates") or [])
-    return Catalog(tuple(signatures), phases, stops, ignored, tuple(extractors), gates, rungs)
-
-
-@lru_cache(maxsize=8)
-def _load_cached(path: str, mtime: float) -> Catalog:
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    return _build_catalog(data, path)
-
-
-def load_catalog(path: str | Path | None = None) -> Catalog:
-    """Load (once; cached until the file changes) and compile the signature catalog."""
-    target = Path(path) if path else CATALOG_PATH
-    return _load_cached(str(target), target.stat().st_mtime)
 
 
 # --- scanner ---------------------------------------------------------------------------------
@@ -408,16 +242,7 @@ class LogScanner:
         if not text.strip():
             self._traceback_line(None, None, "", line_no)
             return
-        proc = level = None
-        msg = text
-        prefixed = False
-        m = VLLM_PREFIX.match(text) if text.startswith("(") else None
-        if m:
-            proc, level, msg, prefixed = m.group("proc"), m.group("level"), m.group("msg"), True
-        else:
-            u = UVICORN.match(text) if ":" in text[:40] else None
-            if u and u.group("level") in ("INFO", "WARNING", "ERROR", "DEBUG", "CRITICAL"):
-                proc, level, msg = u.group("proc"), u.group("level"), u.group("msg")
+        proc, level, msg, prefixed = split_prefix(text)
         after_stop = self.stop_line is not None and line_no > self.stop_line
         if not after_stop:
             self._traceback_line(proc, level, msg, line_no)
@@ -447,7 +272,7 @@ class LogScanner:
                 continue
             if sig.pattern.search(text):
                 hit = Hit(sig.id, sig.category, sig.severity, line_no, text.strip(), proc, sig.hint_zh, sig.hint_en,
-                          sig.rung, sig.generic)
+                          sig.rung, sig.generic, sig.specificity, self.phase)
                 self._record_hit(hit)
                 new.append(hit)
 
@@ -531,36 +356,49 @@ class LogScanner:
         return [t for t in tbs if t.start_line > since_line and self._before_stop(t.start_line)]
 
     def root_cause(self, since_line: int = 0) -> RootCause | None:
-        """The first exception of the first failing traceback after since_line, else the first
-        specific (non-generic) failure hit, else the first failure hit. None without failures."""
+        """The most specific line of the first incident after since_line. None without failures."""
+        return self.incident(since_line)[0]
+
+    def incident(self, since_line: int = 0) -> tuple[RootCause | None, Hit | None]:
+        """(root cause, its signature hit) of the first incident: the failure hits from the first
+        failure to INCIDENT_WINDOW lines later, plus the first exception line of every failing
+        traceback around them. The highest specificity wins (an error code, a CANN error id or a
+        known exception text beats an unknown exception with detail, which beats a generic
+        wrapper such as `WorkerProc hit an exception.`); ties go to the earliest line."""
         failures = self.failures(since_line)
         if not failures:
-            return None
-        for tb in self.tracebacks(since_line):
-            if tb.exc_line is None or tb.level not in FAILURE_LEVELS:
-                continue
-            if not self._before_stop(tb.exc_line):
-                continue
-            sig = self._specific_hit_on(tb.exc_line, failures) or self._specific_hit_between(
-                tb.start_line, tb.exc_line, failures)
-            return RootCause(tb.exc_line, tb.exc_text or "", tb.exception, tb.proc,
-                             sig.sig_id if sig else None, sig.category if sig else None)
-        specific = [h for h in failures if not h.generic]
-        hit = (specific or failures)[0]
-        return RootCause(hit.line_no, hit.text, None, hit.proc, hit.sig_id, hit.category)
-
-    @staticmethod
-    def _specific_hit_on(line_no: int, failures: list[Hit]) -> Hit | None:
-        on_line = [h for h in failures if h.line_no == line_no]
-        specific = [h for h in on_line if not h.generic]
-        return (specific or on_line or [None])[0]
-
-    @staticmethod
-    def _specific_hit_between(start: int, stop: int, failures: list[Hit]) -> Hit | None:
+            return None, None
+        first = failures[0].line_no
+        last = first + INCIDENT_WINDOW
+        by_line: dict[int, Hit] = {}
         for h in failures:
-            if start <= h.line_no <= stop and not h.generic:
-                return h
-        return None
+            if h.line_no > last:
+                break
+            kept = by_line.get(h.line_no)
+            if kept is None or h.specificity > kept.specificity:
+                by_line[h.line_no] = h
+        exceptions: dict[int, Traceback] = {}
+        for tb in self.tracebacks(since_line):
+            if tb.exc_line is None or tb.level not in FAILURE_LEVELS or not self._before_stop(tb.exc_line):
+                continue
+            if first - INCIDENT_WINDOW <= tb.exc_line <= last:
+                exceptions.setdefault(tb.exc_line, tb)
+        best: tuple[int, int] | None = None
+        for line_no in set(by_line) | set(exceptions):
+            hit, tb = by_line.get(line_no), exceptions.get(line_no)
+            score = hit.specificity if hit else (EXCEPTION_SPECIFICITY if tb and ": " in (tb.exc_text or "") else 0)
+            if best is None or (score, -line_no) > (best[0], -best[1]):
+                best = (score, line_no)
+        assert best is not None
+        line_no = best[1]
+        hit, tb = by_line.get(line_no), exceptions.get(line_no)
+        if tb is not None:
+            root = RootCause(line_no, tb.exc_text or "", tb.exception, tb.proc,
+                             hit.sig_id if hit else None, hit.category if hit else None)
+        else:
+            assert hit is not None
+            root = RootCause(line_no, hit.text, None, hit.proc, hit.sig_id, hit.category)
+        return root, hit
 
     def to_dict(self) -> dict[str, Any]:
         root = self.root_cause()
@@ -590,114 +428,3 @@ def scan_file(path: str | Path, catalog: Catalog | None = None, chunk_size: int 
             scanner.feed(chunk)
     scanner.finish()
     return scanner
-
-
-# --- diagnosis -------------------------------------------------------------------------------
-@dataclass
-class Diagnosis:
-    log: str
-    verdict: str  # PASS | FAIL | UNKNOWN
-    category: str | None = None
-    false_ready: bool = False
-    root_cause_line: int | None = None
-    root_cause: str | None = None
-    exception: str | None = None
-    sig_id: str | None = None
-    hint_zh: str | None = None
-    hint_en: str | None = None
-    rung: str | None = None
-    next_command: str | None = None
-    next_why: str | None = None
-    phase: str = ""
-    lines: int = 0
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    evidence: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.verdict == "FAIL" else 0
-
-
-def _fill(template: str, values: dict[str, Any]) -> str:
-    return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), template)
-
-
-def next_step(scanner: LogScanner, rung: str | None, model: str = "", port: int | None = None) -> tuple[str, str]:
-    """The command (and why) for a ladder rung, filled from the log's own evidence."""
-    entry = scanner.catalog.rungs.get(rung or "none") or {}
-    args = scanner.evidence.get("non_default_args")
-    args = args if isinstance(args, dict) else {}
-    if not model:
-        model = Path(str(args.get("model", ""))).name or "<MODEL>"
-    length = scanner.evidence.get("estimated_max_model_len")
-    if length is None:
-        configured = args.get("max_model_len") or scanner.evidence.get("max_model_len")
-        length = int(configured) // 2 if str(configured or "").isdigit() else "<smaller length>"
-    values = {"model": model, "max_model_len": length, "port": port or args.get("port", "<PORT>")}
-    return _fill(entry.get("command", ""), values), _fill(entry.get("why", ""), values)
-
-
-def diagnose(path: str | Path, model: str = "", catalog: Catalog | None = None) -> Diagnosis:
-    """Read a log and say PASS / FAIL / UNKNOWN, why, and what to try next."""
-    target = Path(path)
-    if not str(path):
-        raise UsageError("no log given", "pass LOG=path/to/server.log")
-    if not target.is_file():
-        raise UsageError(f"log {target} does not exist or is not a file", "pass LOG=path/to/server.log")
-    try:
-        scanner = scan_file(target, catalog)
-    except OSError as exc:
-        raise UsageError(f"cannot read log {target}: {exc.strerror or exc}", "check the path and permissions") from exc
-    return diagnosis_of(scanner, str(target), model=model)
-
-
-def diagnosis_of(scanner: LogScanner, log: str = "", model: str = "") -> Diagnosis:
-    failures = scanner.failures()
-    diag = Diagnosis(log=log, verdict="PASS" if scanner.ready_line else "UNKNOWN", phase=scanner.phase,
-                     lines=scanner.line_no, evidence=dict(scanner.evidence),
-                     failures=[h.to_dict() for h in failures[:50]])
-    if not failures:
-        return diag
-    root = scanner.root_cause()
-    assert root is not None
-    specific = [h for h in failures if not h.generic]
-    chosen = None
-    if root.sig_id:
-        chosen = next((h for h in failures if h.sig_id == root.sig_id and h.line_no == root.line_no), None)
-        chosen = chosen or next((h for h in failures if h.sig_id == root.sig_id), None)
-    if chosen is None or chosen.generic:
-        chosen = specific[0] if specific else (chosen or failures[0])
-    first_failure = failures[0].line_no
-    diag.verdict = "FAIL"
-    diag.false_ready = scanner.ready_line is not None and first_failure > scanner.ready_line
-    diag.category = chosen.category if not chosen.generic else ("false-ready" if diag.false_ready else chosen.category)
-    diag.root_cause_line, diag.root_cause, diag.exception = root.line_no, root.text, root.exception
-    diag.sig_id, diag.hint_zh, diag.hint_en, diag.rung = chosen.sig_id, chosen.hint_zh, chosen.hint_en, chosen.rung
-    diag.next_command, diag.next_why = next_step(scanner, chosen.rung, model=model)
-    return diag
-
-
-def render_diagnosis(diag: Diagnosis) -> str:
-    """The terminal view of a diagnosis (one fact per line, greppable)."""
-    lines = [f"log:        {diag.log} ({diag.lines} lines, last phase: {diag.phase})"]
-    if diag.verdict != "FAIL":
-        lines.append(f"verdict:    {diag.verdict}" + ("" if diag.verdict == "PASS" else
-                                                     " (no failure signature, but the server never reported ready)"))
-        return "\n".join(lines)
-    kind = f"{diag.category}, false-ready" if diag.false_ready and diag.category != "false-ready" else diag.category
-    lines += [
-        f"verdict:    FAIL ({kind})",
-        f"root cause: line {diag.root_cause_line}: {diag.root_cause}",
-        f"signature:  {diag.sig_id}",
-        f"hint (zh):  {diag.hint_zh}",
-        f"hint (en):  {diag.hint_en}",
-    ]
-    if diag.rung:
-        step = diag.next_command or diag.next_why
-        lines.append(f"next rung:  {diag.rung}: {step}")
-        if diag.next_command and diag.next_why:
-            lines.append(f"            ({diag.next_why})")
-    return "\n".join(lines)

@@ -26,6 +26,8 @@ class ParallelPlan:
     npu_source: str
     chip: str | None
     series: str | None
+    series_source: str          # torch_npu soc version (as vllm-ascend decides) or the npu-smi chip name
+    soc_version: int | None
     hbm_gib: float | None
     hbm_source: str
     suggested_tp: int
@@ -42,9 +44,10 @@ class ParallelPlan:
 
 
 def plan_parallel(settings: Settings, backend: str, facts: ckpt.ConfigFacts, weight_bytes: int | None,
-                  weight_source: str, default_tp: int,
-                  npu_smi: tuple[str | None, str]) -> tuple[ParallelPlan, list[str]]:
-    """npu_smi: (`npu-smi info` text or None, where it came from), from the profile's box."""
+                  weight_source: str, default_tp: int, npu_smi: tuple[str | None, str],
+                  soc_version: int | None = None) -> tuple[ParallelPlan, list[str]]:
+    """npu_smi: (`npu-smi info` text or None, where it came from) and soc_version
+    (torch_npu.npu.get_soc_version()), both from the profile's box."""
     warnings: list[str] = []
     npu_info: dict[str, Any] = {"devices": 0, "chip": None, "series": None, "hbm_gib": None}
     smi_text, smi_source = npu_smi
@@ -55,7 +58,9 @@ def plan_parallel(settings: Settings, backend: str, facts: ckpt.ConfigFacts, wei
     if visible:
         count = len([d for d in visible.split(",") if d.strip()])
         count_source = f"ASCEND_RT_VISIBLE_DEVICES={visible}"
-    series = npu_info["series"]
+    series, series_source = npu_info["series"], "npu-smi chip name" if npu_info["series"] else ""
+    if box.series_of_soc(soc_version):  # what vllm-ascend itself goes by (fact soc-generation-ranges)
+        series, series_source = box.series_of_soc(soc_version), f"torch_npu soc_version {soc_version}"
     heads = facts.num_attention_heads or 1
     if count:
         target = SERIES_TP.get(series or "", count)
@@ -77,7 +82,7 @@ def plan_parallel(settings: Settings, backend: str, facts: ckpt.ConfigFacts, wei
     replicated = bool(kv and used_tp > kv)
     if replicated:
         warnings.append(f"TP {used_tp} > num_key_value_heads {kv}: KV heads are replicated across ranks; "
-                        "models with QK norm need the local k_norm shard path (QK norm shape 128 vs 64)")
+                        "models with QK norm need the local k_norm shard path")
     hbm, hbm_source = npu_info["hbm_gib"], "npu-smi info" if npu_info["hbm_gib"] else ""
     if hbm is None and series:
         hbm, hbm_source = SERIES_HBM_GIB[series], f"{series} default"
@@ -94,8 +99,8 @@ def plan_parallel(settings: Settings, backend: str, facts: ckpt.ConfigFacts, wei
             if not fits:
                 warnings.append(f"weights do not fit: {detail}")
     plan = ParallelPlan(backend=backend, npu_count=count, npu_source=count_source, chip=npu_info["chip"],
-                        series=series, hbm_gib=hbm, hbm_source=hbm_source, suggested_tp=tp, tp_reason=reason,
-                        user_tp=user_tp, tp=used_tp, kv_heads_replicated=replicated, weight_bytes=weight_bytes,
-                        weight_bytes_source=weight_source, weights_per_device_gib=per_device, fits=fits,
+                        series=series, series_source=series_source, soc_version=soc_version, hbm_gib=hbm,
+                        hbm_source=hbm_source, suggested_tp=tp, tp_reason=reason, user_tp=user_tp, tp=used_tp,
+                        kv_heads_replicated=replicated, weight_bytes=weight_bytes, weight_bytes_source=weight_source, weights_per_device_gib=per_device, fits=fits,
                         fit_detail=detail, min_devices=min_devices)
     return plan, warnings

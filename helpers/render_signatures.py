@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jinja2
+from helpers import ascend_facts
+from helpers.catalog import load_catalog
+from helpers.settings import REPO_ROOT
+from helpers.templating import render as render_template
 
-from helpers.logscan import CATALOG_PATH, load_catalog
-
-REPO_DIR = Path(__file__).resolve().parent.parent
-TEMPLATE_DIR = REPO_DIR / "templates"
 TEMPLATE_NAME = "signatures.zh.md.j2"
-DEFAULT_OUT = REPO_DIR / "runbooks" / "signatures.zh.md"
+DEFAULT_OUT = REPO_ROOT / "runbooks" / "signatures.zh.md"
 # Example values the ladder commands are shown with (the runbooks use the same ones).
 EXAMPLE = {"model": "Qwen3-8B", "port": "8000", "max_model_len": "16384"}
 SEVERITY_ORDER = {"failure": 0, "evidence": 1, "info": 2}
@@ -36,6 +35,10 @@ class Entry:
     rung_why: str
     example: str
     generic: bool
+    specificity: int = 2
+    example_source: str = ""
+    fact: str = ""
+    fact_holds: str = ""      # "vllm-ascend >=0.20.2rc1,<0.27" / "main" for the version-bound ones
 
 
 def _fill(text: str) -> str:
@@ -44,16 +47,28 @@ def _fill(text: str) -> str:
     return text
 
 
+def _holds(fact: ascend_facts.Fact | None) -> str:
+    if fact is None:
+        return ""
+    if fact.main_only:
+        return "vllm-ascend main（未发版）"
+    return f"{fact.package} {fact.range}" if fact.range != "*" else f"{fact.package} 所有版本"
+
+
 def entries(catalog_path: str | Path | None = None) -> list[Entry]:
     catalog = load_catalog(catalog_path)
+    facts = ascend_facts.load()
     found: list[Entry] = []
     for sig in catalog.signatures:
+        fact = facts.get(sig.fact) if sig.fact else None
         rung = sig.rung or "none"
         step = catalog.rungs.get(rung, {})
         found.append(Entry(
             id=sig.id, category=sig.category, severity=sig.severity, stage=sig.stage, regex=sig.regex,
             hint_zh=sig.hint_zh, rung=rung, rung_command=_fill(step.get("command", "")),
             rung_why=_fill(step.get("why", "")), example=sig.example, generic=sig.generic,
+            specificity=sig.specificity, example_source=sig.example_source, fact=sig.fact or "",
+            fact_holds=_holds(fact),
         ))
     return found
 
@@ -75,17 +90,4 @@ def context(catalog_path: str | Path | None = None) -> dict[str, Any]:
 
 
 def render(catalog_path: str | Path | None = None) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), keep_trailing_newline=True,
-                             trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-    env.filters["code"] = code
-    return env.get_template(TEMPLATE_NAME).render(**context(catalog_path))
-
-
-def code(text: str) -> str:
-    """Inline code that survives backticks and pipes inside the text."""
-    fence = "``" if "`" in text else "`"
-    pad = " " if text.startswith("`") or text.endswith("`") else ""
-    return f"{fence}{pad}{text}{pad}{fence}"
-
-
-__all__ = ["CATALOG_PATH", "DEFAULT_OUT", "render", "entries", "code"]
+    return render_template(TEMPLATE_NAME, **context(catalog_path))

@@ -19,7 +19,8 @@ from helpers import profiles
 from helpers import evidence as ev
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted
 from helpers.lifecycle import Session, SignalGuard, serving
-from helpers.logscan import LogScanner, diagnosis_of
+from helpers.diagnosis import diagnosis_of
+from helpers.logscan import LogScanner
 from helpers.model import Model
 from helpers.plan import ServePlan, Variant, mask, plan_for
 from helpers.readiness import Progress, WatchOutcome, base_url
@@ -184,15 +185,20 @@ class StageRun:
         if eager:
             return {"name": name, "status": "NOT_APPLICABLE", "reason": "--enforce-eager: graph mode off by request",
                     "line": self.scanner.evidence.get("eager")}
-        key = self.profile.graph.get("evidence", "")
+        keys = list(self.profile.graph.get("evidence") or [])
+
+        def seen() -> str | None:
+            return next((key for key in keys if self.scanner.evidence.get(key)), None)
+
         deadline = time.monotonic() + 1.0  # the replay line is logged right after the first replay
-        while time.monotonic() < deadline and not self.scanner.evidence.get(key):
+        while time.monotonic() < deadline and not seen():
             self._pump()
             time.sleep(0.1)
-        found = self.scanner.evidence.get(key)
-        if found:
-            return {"name": name, "status": "PASS", "line": found, "line_no": self.scanner.evidence_lines.get(key)}
-        wanted = " or ".join(repr(p.pattern) for p in self.scanner.catalog.evidence_patterns(key))
+        key = seen()
+        if key:
+            return {"name": name, "status": "PASS", "line": self.scanner.evidence[key],
+                    "line_no": self.scanner.evidence_lines.get(key)}
+        wanted = " or ".join(repr(p.pattern) for k in keys for p in self.scanner.catalog.evidence_patterns(k))
         return {"name": name, "status": "FAIL", "line": self.scanner.evidence.get("graph_capture"),
                 "reason": f"no {wanted} line after the first request"}
 

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import parallel, profiles
+from helpers import ascend_facts, parallel, profiles
 from helpers import checkpoint as ckpt
 from helpers import coverage as coverage_check
 from helpers import evidence as ev
@@ -29,9 +29,23 @@ from helpers.registry import RegistryCheck, RegistryQuery
 from helpers.settings import Settings
 
 SCHEMA = "bringup.triage/1"
-FP8_WARNING = ("fp8 checkpoint: vllm-ascend reports `fp8 quantization is currently not supported in npu`; "
-               "dequantise to bf16 at load time from each *.weight + *.weight_scale_inv pair "
-               "(fail on unpaired keys)")
+FP8_REFUSED = ("fp8 checkpoint: vllm-ascend {version} reports `fp8 quantization is currently not supported in "
+               "npu` (fact quantization-not-supported-npu); dequantise to bf16 at load time from each *.weight + "
+               "*.weight_scale_inv pair (fail on unpaired keys)")
+FP8_ACCEPTED = ("fp8 checkpoint: vllm-ascend {version} accepts fp8 (fact fp8-accepted, PR #9757): serve it as is; "
+                "dequantise only if the fp8 kernels fail")
+FP8_UNKNOWN = ("fp8 checkpoint: vllm-ascend below 0.21.0rc1 reports `fp8 quantization is currently not supported "
+               "in npu`: there, dequantise to bf16 at load time (*.weight + *.weight_scale_inv pairs); "
+               "0.21.0rc1 and later accept fp8 (PR #9757); vllm-ascend is not installed here")
+
+
+def fp8_note(vllm_ascend: str | None) -> str:
+    """What an fp8 checkpoint means for the installed vllm-ascend (facts, not a guess)."""
+    if vllm_ascend and ascend_facts.get("fp8-accepted").holds_for(vllm_ascend):
+        return FP8_ACCEPTED.format(version=vllm_ascend)
+    if vllm_ascend and ascend_facts.get("quantization-not-supported-npu").holds_for(vllm_ascend):
+        return FP8_REFUSED.format(version=vllm_ascend)
+    return FP8_UNKNOWN
 
 
 # --- the record -----------------------------------------------------------------------------
@@ -117,7 +131,7 @@ def feature_facts(profile: profiles.Profile, facts: ckpt.ConfigFacts, mtp: MtpSt
     return {
         "backend": profile.family,
         "graph_expected": profile.graph_expected,
-        "graph_evidence": profile.graph.get("evidence", ""),
+        "graph_evidence": ",".join(profile.graph.get("evidence") or []),
         "is_moe": moe["is_moe"],
         "num_experts": moe["num_experts"],
         "moe_evidence": f"{moe['key']}={moe['num_experts']}" if moe["is_moe"]
@@ -213,10 +227,8 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
 
     fp8_in_weights = any(t in ckpt.FP8_DTYPES for t in scan.dtypes)
     is_fp8 = bool(facts.quantization and facts.quantization["fp8"]) or fp8_in_weights
-    if is_fp8:
-        warnings.append(FP8_WARNING)
-        if facts.quantization and facts.quantization["fp8"] and has_weights and not fp8_in_weights:
-            warnings.append("config declares fp8 but no tensor is F8: weights were probably dequantised already")
+    if is_fp8 and facts.quantization and facts.quantization["fp8"] and has_weights and not fp8_in_weights:
+        warnings.append("config declares fp8 but no tensor is F8: weights were probably dequantised already")
 
     mtp_names, mtp_layers = ckpt.mtp_tensor_names(sorted(scan.tensors), facts.num_hidden_layers)
     mtp = mtp_status(facts, mtp_layers, len(mtp_names), has_weights)
@@ -235,14 +247,19 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
     else:
         weight_bytes, weight_source = None, "unknown"
     plan, plan_warnings = parallel.plan_parallel(settings, profile.name, facts, weight_bytes, weight_source,
-                                                 default_tp, facts_box.npu_smi())
+                                                 default_tp, facts_box.npu_smi(), facts_box.soc_version())
     warnings += plan_warnings
     has_qk_norm = (facts.model_type or "").startswith("qwen3") or expects_k_norm or any(
         n.endswith("k_norm.weight") for n in scan.tensors)
     if plan.kv_heads_replicated and has_qk_norm:
-        warnings.append("this architecture has QK norm (k_norm): expect the `128 vs 64` shape error at TP > KV heads")
+        warnings.append("this architecture has QK norm (k_norm): at TP > KV heads expect a k_norm shard mismatch "
+                        "(e.g. `Attempted to load weight ... into parameter ...`) unless the model has a local "
+                        "k_norm shard path")
 
     versions = facts_box.versions()
+    quantization_note = fp8_note(versions.get("vllm-ascend")) if is_fp8 else None
+    if quantization_note:
+        warnings.append(quantization_note)
     if query is not None:
         registry = query.result(facts.architectures, registry_timeout)
     elif registry_wanted:
@@ -275,7 +292,7 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
         "index_mismatches": scan.index_mismatches[:50], "fp8": is_fp8,
     }
     config_block = asdict(facts)
-    config_block["quantization_note"] = FP8_WARNING if is_fp8 else None
+    config_block["quantization_note"] = quantization_note
     record = TriageRecord(
         schema=SCHEMA,
         created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),

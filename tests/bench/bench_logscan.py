@@ -80,7 +80,7 @@ def generate(path: Path, size_mb: int) -> int:
 
 
 def scan_child(path: str) -> None:
-    from helpers.logscan import diagnose
+    from helpers.diagnosis import diagnose
 
     t0, c0 = time.perf_counter(), time.process_time()
     diag = diagnose(path)

@@ -133,7 +133,7 @@ def ascend_context(tmp_path: Path, version: str, source_markers: set[str], facts
 
 def test_flashcomm1_removed_version_is_framework_unsupported_with_the_deprecation_line(tmp_path):
     # A recorded run whose log printed the deprecation (the scanner keeps it in log_evidence).
-    line = (ASCEND_LOGS / "flashcomm-deprecated.log").read_text().splitlines()[2]
+    line = (ASCEND_LOGS / "main" / "flashcomm-deprecated.log").read_text().splitlines()[1]
     old = tmp_path / "20260801T000000Z-stage-b"
     old.mkdir()
     (old / "evidence.json").write_text(json.dumps({"finished_at": "2026-08-01T00:00:00+00:00",
@@ -159,7 +159,7 @@ def test_flashcomm1_modes_by_version(tmp_path):
 
 # --- golden Ascend command lines ---------------------------------------------------------------
 
-BASE = ("HCCL_OP_EXPANSION_MODE=AIV VLLM_ASCEND_ENABLE_FLASHCOMM1=0 vllm serve /models/Qwen3-30B-A3B "
+BASE = ("HCCL_OP_EXPANSION_MODE=AIV vllm serve /models/Qwen3-30B-A3B "
         "--served-model-name Qwen3-30B-A3B --trust-remote-code --dtype bfloat16 --max-model-len 32768 "
         "--tensor-parallel-size 8 --max-num-seqs 16")
 TAIL = "--host 127.0.0.1 --port 8000"
@@ -173,7 +173,7 @@ GOLDEN = {
     "flashcomm1@0.20": f"{BASE} {TAIL} --additional-config '{{\"enable_flashcomm1\":true}}' --enable-expert-parallel",
     "mtp": f"{BASE} {TAIL} --speculative-config '{{\"method\":\"mtp\",\"num_speculative_tokens\":1}}'",
     "eager": f"{BASE} {TAIL} --enforce-eager",
-    "dynamo-fallback": ("HCCL_OP_EXPANSION_MODE=AIV VLLM_ASCEND_ENABLE_FLASHCOMM1=0 TORCHDYNAMO_DISABLE=1 "
+    "dynamo-fallback": ("HCCL_OP_EXPANSION_MODE=AIV TORCHDYNAMO_DISABLE=1 "
                         "VLLM_USE_AOT_COMPILE=0 vllm serve /models/Qwen3-30B-A3B --served-model-name Qwen3-30B-A3B "
                         "--trust-remote-code --dtype bfloat16 --max-model-len 32768 --tensor-parallel-size 8 "
                         f"--max-num-seqs 16 {TAIL}"),
@@ -228,12 +228,37 @@ def test_passing_server_without_feature_evidence_fails_the_feature(tmp_path):
 def test_ep_evidence_from_the_scanner_is_recorded_with_its_line(tmp_path):
     log = tmp_path / "serve.log"
     log.write_text("x\n")
-    line = "(Worker_EP0 pid=7) INFO 11-21 12:00:00 [parallel_state.py:1] rank 0 ... EP rank 0, EPLB rank N/A"
+    # a real v0.13-era line (tests/fixtures/logs/ascend); `EP rank 0` alone is no evidence (test_corpus)
+    line = ("(Worker_TP0_EP0 pid=2312) INFO 07-28 01:48:32 [fused_moe.py:221] [EP Rank 0/2] Expert parallelism is "
+            "enabled. Local/global number of experts: 2/4. Experts local to global index map: 0->0, 1->1.")
     record = passing_record(log, log_evidence={"expert_parallel": line},
                             log_scan={"evidence_lines": {"expert_parallel": 31}})
     gates.apply_feature_check(gates.load_specs()["ep"], record, log)
     assert record["verdict"] == "PASS"
-    assert record["feature_evidence"] == {"key": "expert_parallel", "line": line, "line_no": 31}
+    assert record["feature_evidence"] == {"key": "expert_parallel", "line": line, "line_no": 31, "level": "took-effect"}
+
+
+def test_flashcomm1_without_a_runtime_line_is_accepted_not_failed(tmp_path):
+    """0.24-0.26 print no runtime line for any model, 0.11-0.23 only for MoE with shared experts:
+    a working run says "accepted, no runtime evidence" (from the config line, or in the env era
+    from the variable in the server's environment) instead of FAIL."""
+    log = tmp_path / "serve.log"
+    accepted = ("(APIServer pid=2323740) INFO 09-17 09:04:39 [ascend_config.py:286] AscendConfig.enable_flashcomm1 "
+                "is set from additional_config with value True.")
+    log.write_text(accepted + "\n")
+    record = passing_record(log, variant={"env": {}})
+    gates.apply_feature_check(gates.load_specs()["flashcomm1"], record, log)
+    assert record["verdict"] == "PASS" and record["feature_evidence"]["level"] == "accepted"
+    assert record["reason"].startswith("flashcomm1 accepted, no runtime evidence")
+    env_era = tmp_path / "env.log"
+    env_era.write_text("INFO:     Application startup complete.\n")
+    switch = {"VLLM_ASCEND_ENABLE_FLASHCOMM1": "1"}
+    record = passing_record(env_era, variant={"env": switch}, command={"env": {"HCCL_OP_EXPANSION_MODE": "AIV", **switch}})
+    gates.apply_feature_check(gates.load_specs()["flashcomm1"], record, env_era)
+    assert record["verdict"] == "PASS" and record["feature_evidence"]["env"] == switch
+    silent = passing_record(env_era, variant={"env": switch}, command={"env": {}})
+    gates.apply_feature_check(gates.load_specs()["flashcomm1"], silent, env_era)
+    assert silent["verdict"] == "FAIL", "without the switch in the server's environment nothing proves it"
 
 
 def test_dynamo_fallback_is_contradicted_by_a_dynamo_compile_line(tmp_path):
@@ -258,3 +283,14 @@ def test_flashcomm1_gate_failure_line_is_named(tmp_path):
     gates.apply_feature_check(gates.load_specs()["flashcomm1"], record, log)
     assert record["gate_failure"]["line_no"] == 1
     assert "flashcomm1 gate failure (serve.log line 1)" in record["reason"] and "tp_size > 1" in record["reason"]
+
+
+def test_mtp_method_follows_the_installed_vllm_ascend(tmp_path):
+    """v0.11.x vllm-ascend dispatches only deepseek_mtp (fact mtp-method-v011-ascend); later
+    releases take the canonical `mtp` (fact mtp-method-canonical)."""
+    facts = {**ASCEND_MOE_FACTS, "mtp_status": "enabled", "mtp_config_layers": 1, "mtp_weight_layers": 1}
+    old = gates.decide("mtp", ascend_context(tmp_path, "0.11.0rc3", set(), facts))
+    assert old.variant.flags == ["--speculative-config", '{"method":"deepseek_mtp","num_speculative_tokens":1}']
+    assert "mtp-method-v011-ascend" in old.reason
+    new = gates.decide("mtp", ascend_context(tmp_path, "0.13.0", set(), facts))
+    assert new.variant.flags == ["--speculative-config", '{"method":"mtp","num_speculative_tokens":1}']

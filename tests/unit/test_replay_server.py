@@ -7,7 +7,6 @@ answers; the timing tests run at the scenario's own pace.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal

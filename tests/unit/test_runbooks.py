@@ -23,7 +23,7 @@ import yaml
 from helpers import profiles, render_signatures
 from helpers import gates
 from helpers.cli import cli
-from helpers.logscan import load_catalog
+from helpers.catalog import load_catalog
 from helpers.plan import Variant, build_plan
 
 REPO = Path(__file__).resolve().parents[2]

@@ -300,7 +300,7 @@ def test_parallel_plan_on_an_a2_box_warns_about_replicated_kv_heads(tmp_path, mo
     assert any("k_norm" in w for w in record["warnings"])
     assert plan["fits"] is True and plan["weights_per_device_gib"] == pytest.approx(61064245248 / 8 / 2**30, abs=0.01)
     assert feature(record, "aclgraph")["category"] == "supported"
-    assert feature(record, "aclgraph")["log_evidence"] == ["Replaying aclgraph"]
+    assert feature(record, "aclgraph")["log_evidence"] == ["Replaying aclgraph", "run_fullgraph with num_tokens="]
 
 
 def test_visible_devices_bound_tp_and_big_models_do_not_fit(tmp_path, monkeypatch):
@@ -500,3 +500,26 @@ def test_registry_answer_is_cached_until_a_root_changes(tmp_path, monkeypatch):
     registry_py.write_text('_MODELS = {"BarForCausalLM": ("bar", "Bar")}\n')
     ask("BarForCausalLM")
     assert len(asked) == 2, "an edited implementation root must never be answered from the cache"
+
+
+def test_chip_generation_comes_from_the_soc_version_then_npu_smi():
+    """The SoC number decides like vllm-ascend does (fact soc-generation-ranges); npu-smi's chip
+    name is the fallback and knows 310P too."""
+    from helpers import box, parallel
+
+    assert [box.series_of_soc(n) for n in (223, 253, 202, 260, 999, None)] == ["A2", "A3", "310P", "A5", None, None]
+    table = ("| 0     310P3               | OK            | NA          46                0    / 0             |\n"
+             "| 0                         | 0000:01:00.0  | 0           1500 / 21534                         |\n")
+    assert box.parse_npu_smi(table)["series"] == "310P"
+    facts = settings.load({"MODEL": "x"})
+    conf = model_module.read_config(CONFIGS / "Qwen3-8B")
+    plan, _ = parallel.plan_parallel(facts, "ascend", checkpoint_facts(conf), None, "unknown", 1, (table, "npu-smi"), 253)
+    assert (plan.series, plan.series_source) == ("A3", "torch_npu soc_version 253")
+    plan, _ = parallel.plan_parallel(facts, "ascend", checkpoint_facts(conf), None, "unknown", 1, (table, "npu-smi"))
+    assert (plan.series, plan.series_source) == ("310P", "npu-smi chip name")
+
+
+def checkpoint_facts(config):
+    from helpers import checkpoint
+
+    return checkpoint.config_facts(config)

@@ -1,0 +1,153 @@
+"""The sourced table of version-dependent Ascend facts (helpers/ascend_facts.yaml).
+
+Each fact says what is true, for which package versions, and where that was checked. The signature
+catalog points at facts with `fact: <id>`; feature rules and profiles can ask `holds_for()` instead
+of carrying their own version numbers. Loading validates the table: a fact without a source, with a
+source in no known form or with a range that does not parse is an error, not a silent default.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FACTS_PATH = Path(__file__).with_name("ascend_facts.yaml")
+PACKAGES = ("vllm-ascend", "vllm", "cann", "torch-npu")
+MAIN_ONLY = "main-only"
+# path@ref[:line[-line]] | [vllm |vllm-ascend ]PR/issue #N | commit <sha> | doc: <vendor document>
+SOURCE_FORMS = re.compile(
+    r"^(?:[\w./-]+@[\w.+/-]+(?::\d+(?:-\d+)?)?"
+    r"|(?:vllm |vllm-ascend )?(?:PR|issue) #\d+"
+    r"|commit [0-9a-f]{7,40}"
+    r"|doc: \S.*)$"
+)
+CLAUSE = re.compile(r"^(>=|<=|==|!=|>|<)\s*(\d+(?:\.\d+)*(?:(?:a|b|rc)\d+)?)$")
+VERSION = re.compile(r"^v?(\d+(?:\.\d+)*)(?:\.?(a|b|rc)(\d+))?(?:\.?post\d+)?(?:\.?dev\d+)?(?:\+.*)?$")
+ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_PRE_RANK = {"a": 0, "b": 1, "rc": 2, None: 3}  # a final release sorts after its pre-releases
+
+
+@dataclass(frozen=True)
+class Fact:
+    id: str
+    statement: str
+    package: str | None      # None for main-only
+    range: str               # "*" (any), PEP 440 style clauses, or "main-only"
+    source: tuple[str, ...]
+    verified: bool
+    note: str = ""
+
+    @property
+    def main_only(self) -> bool:
+        return self.range == MAIN_ONLY
+
+    def holds_for(self, version: str | None, *, main: bool = False) -> bool | None:
+        """True/False for an installed version; None when the version is unknown. `main=True`
+        means the installed package is a main-branch build (after the last release branch)."""
+        if self.main_only:
+            return main
+        if version is None:
+            return None
+        return version_in(version, self.range)
+
+
+def version_key(version: str) -> tuple[tuple[int, ...], int, int]:
+    """Sort key for `0.20.2rc1`-style versions (release padded to 3 parts, then pre-release)."""
+    m = VERSION.match(version.strip())
+    if not m:
+        raise ValueError(f"version {version!r} is not understood")
+    release = tuple(int(x) for x in m.group(1).split("."))
+    release = release + (0,) * (3 - len(release)) if len(release) < 3 else release
+    return release, _PRE_RANK[m.group(2)], int(m.group(3) or 0)
+
+
+def parse_range(spec: str) -> list[tuple[str, str]]:
+    """`>=0.20.2rc1,<0.27` -> [(">=", "0.20.2rc1"), ("<", "0.27")]; `*` -> []. ValueError if malformed."""
+    if spec.strip() == "*":
+        return []
+    clauses = []
+    for part in spec.split(","):
+        m = CLAUSE.match(part.strip())
+        if not m:
+            raise ValueError(f"range {spec!r}: clause {part.strip()!r} is not `<op><version>`")
+        clauses.append((m.group(1), m.group(2)))
+    if not clauses:
+        raise ValueError(f"range {spec!r} is empty")
+    return clauses
+
+
+def version_in(version: str, spec: str) -> bool:
+    current = version_key(version)
+    for op, bound_text in parse_range(spec):
+        bound = version_key(bound_text)
+        ok = {">=": current >= bound, "<=": current <= bound, "==": current == bound, "!=": current != bound,
+              ">": current > bound, "<": current < bound}[op]
+        if not ok:
+            return False
+    return True
+
+
+def _fact(raw: dict[str, Any], where: str) -> Fact:
+    fid = str(raw.get("id") or "")
+    if not ID.match(fid):
+        raise ValueError(f"{where}: fact id {fid!r} is not kebab-case")
+    statement = str(raw.get("statement") or "").strip()
+    if not statement or "\n" in statement:
+        raise ValueError(f"{where}: fact {fid}: statement must be one non-empty line")
+    holds = raw.get("holds")
+    if holds == MAIN_ONLY:
+        package, spec = None, MAIN_ONLY
+    elif isinstance(holds, dict) and set(holds) == {"package", "range"}:
+        package, spec = str(holds["package"]), str(holds["range"])
+        if package not in PACKAGES:
+            raise ValueError(f"{where}: fact {fid}: unknown package {package!r} (one of {', '.join(PACKAGES)})")
+        try:
+            parse_range(spec)
+        except ValueError as exc:
+            raise ValueError(f"{where}: fact {fid}: {exc}") from exc
+    else:
+        raise ValueError(f"{where}: fact {fid}: holds must be {{package, range}} or {MAIN_ONLY!r}")
+    sources = raw.get("source")
+    if not isinstance(sources, list) or not sources:
+        raise ValueError(f"{where}: fact {fid} has no source")
+    for src in sources:
+        if not isinstance(src, str) or not SOURCE_FORMS.match(src):
+            raise ValueError(f"{where}: fact {fid}: source {src!r} is in no known form "
+                             "(path@ref[:line], PR #N, issue #N, commit <sha>, doc: ...)")
+    if not isinstance(raw.get("verified"), bool):
+        raise ValueError(f"{where}: fact {fid}: verified must be true or false")
+    return Fact(fid, statement, package, spec, tuple(sources), raw["verified"], str(raw.get("note") or ""))
+
+
+def parse(data: dict[str, Any], where: str = "facts") -> dict[str, Fact]:
+    facts: dict[str, Fact] = {}
+    for raw in data.get("facts") or []:
+        fact = _fact(raw or {}, where)
+        if fact.id in facts:
+            raise ValueError(f"{where}: fact id {fact.id} appears twice")
+        facts[fact.id] = fact
+    return facts
+
+
+@lru_cache(maxsize=4)
+def _load_cached(path: str, mtime: float) -> dict[str, Fact]:
+    with open(path, encoding="utf-8") as fh:
+        return parse(yaml.safe_load(fh) or {}, path)
+
+
+def load(path: str | Path | None = None) -> dict[str, Fact]:
+    """All facts by id (cached until the file changes); ValueError on a malformed table."""
+    target = Path(path) if path else FACTS_PATH
+    return _load_cached(str(target), target.stat().st_mtime)
+
+
+def get(fact_id: str, path: str | Path | None = None) -> Fact:
+    facts = load(path)
+    if fact_id not in facts:
+        raise KeyError(f"no fact {fact_id!r} in {path or FACTS_PATH.name}")
+    return facts[fact_id]
