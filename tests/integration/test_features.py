@@ -7,6 +7,7 @@ model (real weights, STAGE=b), and a ladder whose first rung fails and whose eag
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,8 @@ def test_ep_on_a_tiny_moe_passes_with_ep_evidence_from_the_log(runs_dir, tiny_mo
     assert found["key"] == "expert_parallel" and found["line_no"] > 0
     log_lines = (Path(record["run_dir"]) / "serve.log").read_text().splitlines()
     assert log_lines[found["line_no"] - 1] == found["line"]
-    assert "EP rank" in found["line"] or "'enable_expert_parallel': True" in found["line"]
+    # real EP evidence (fact ep-worker-prefix / ep-enabled-line-upstream), never `EP rank 0`
+    assert re.search(r"Expert parallelism is enabled|\(Worker\w*_EP\d+ pid=", found["line"]), found["line"]
     assert record["log_evidence"]["non_default_args"]["enable_expert_parallel"] is True
     check_stopped(record)
 
