@@ -191,9 +191,11 @@ def triage_command(model: str | None, backend: str | None, as_json: bool, regist
 
     settings = settings_module.load({"MODEL": model, "BACKEND": backend})
     resolved = _model(settings)
+    context_record = _context_at_start(settings, resolved)
     if sys.stderr.isatty():
         click.echo("triage: reading config and safetensors headers; asking vLLM's registry ...", err=True)
     record = triage.triage(settings, resolved, registry=registry, registry_timeout=registry_timeout)
+    record.context = context_record
     path = triage.triage_path(resolved)
     kept = triage.write_record(record, path)
     data = record.to_dict()
@@ -325,6 +327,88 @@ def matrix_cmd(exit_code: bool) -> None:
     click.echo(f"matrix: {json_path}\n        {md_path}")
     if exit_code:
         sys.exit(matrix.exit_code(data))
+
+
+# --- context, changes, status (issue 14: the engineer's side of bring-up) ------------------------
+
+def _model_if_set(settings, *, evidence_only: bool = True):
+    """MODEL resolved when it is set (context and status also work before a model is chosen)."""
+    return _model(settings, evidence_only=evidence_only) if settings.model.strip() else None
+
+
+def _context_at_start(settings, model) -> dict:
+    """The context a step starts from (no NPU or port check: this step starts no server)."""
+    from helpers import context
+
+    record = context.collect(settings, model=model, npus=False, port=False)
+    context.write(record, context.context_path(settings, model))
+    click.echo(context.summary_line(record), err=True)
+    return record
+
+
+@cli.command("context")
+@click.option("--json", "as_json", is_flag=True, help="print context.json instead of the table (also JSON=1)")
+def context_cmd(as_json: bool) -> None:
+    """Collect the context: checkpoint, implementation roots (HEAD, branch, dirty), delivery repo,
+    versions and where each is imported from, NPU processes (ours or not), the port. Writes
+    RUNS_DIR/<model>/context.json; exit 3 when an NPU the plan needs or the port is taken."""
+    import json
+
+    from helpers import context, profiles
+    from helpers.errors import EnvironmentProblem
+    from helpers.plan import plan_for
+
+    settings = _settings()
+    model = _model_if_set(settings)
+    profile = profiles.load(settings.backend)
+    plan = plan_for(profile, settings, model, settings.stage) if model is not None and model.path else None
+    record = context.collect(settings, model=model, profile=profile, plan=plan)
+    path = context.context_path(settings, model)
+    context.write(record, path)
+    if as_json or settings.json_output:
+        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+    else:
+        click.echo(context.render_table(record) + f"\ncontext.json: {path}")
+    if record["problems"]:
+        raise EnvironmentProblem(record["problems"][0], context.hint_for(record))
+
+
+@cli.command("changes")
+@click.option("--json", "as_json", is_flag=True, help="print changes.json instead of the table (also JSON=1)")
+def changes_cmd(as_json: bool) -> None:
+    """The model's code changes in VLLM_SRC and VLLM_ASCEND_SRC since the base a run first saw:
+    each file classified (helpers/changes.yaml), compiled, the architecture's registration read
+    from the roots' source. Writes RUNS_DIR/<model>/changes.json; exit 1 when a check fails."""
+    import json
+
+    from helpers import changes
+
+    settings = _settings()
+    model = _model(settings, evidence_only=True)
+    record = changes.check(settings, model)
+    path = changes.write(record, model)
+    if as_json or settings.json_output:
+        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+    else:
+        click.echo(changes.render_table(record) + f"\nchanges.json: {path}")
+    sys.exit(changes.exit_code(record))
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="print the status record instead of the table (also JSON=1)")
+def status_cmd(as_json: bool) -> None:
+    """Where am I: the checklist of MODEL from its recorded evidence (verdict, age, run
+    directory, what is stale since), whether sign-off is possible, the next command. Starts nothing."""
+    import json
+
+    from helpers import status
+
+    settings = _settings()
+    record = status.collect(settings, _model(settings, evidence_only=True))
+    if as_json or settings.json_output:
+        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+    else:
+        click.echo(status.render_table(record))
 
 
 def restore_box_pythonpath() -> None:
