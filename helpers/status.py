@@ -175,9 +175,11 @@ def file_steps(model_runs: Path, now: Now) -> dict[str, Step]:
         note="; ".join(record.get("problems") or [])[:160])
     record = _read(model_runs / "triage.json")
     if record is not None:
-        steps["triage"] = Step("triage", "PASS" if record.get("exit_code") == 0 else "FAIL", record.get("created_utc"),
+        # the roots do not stale a triage: what changed there is for `make changes` to check
+        steps["triage"] = Step("triage", "FAIL" if record.get("errors") else "PASS", record.get("created_utc"),
                                str(model_runs / "triage.json"), stale_reasons(
-                                   now, when=record.get("created_utc"), context=record.get("context"),
+                                   now, when=record.get("created_utc"),
+                                   context={"model": dig(record, "context", "model")},
                                    model_path=dig(record, "model", "path"), versions=record.get("versions")),
                                "; ".join(record.get("errors") or [])[:160])
     record = _read(model_runs / "changes.json")
@@ -315,10 +317,10 @@ def collect(settings: Settings, model: Model) -> dict[str, Any]:
 
 def render_table(record: dict[str, Any]) -> str:
     lines = [f"status {record['model']} ({record['runs_dir']})",
-             f"  {'step':11s} {'verdict':22s} {'age':7s} run"]
+             f"  {'step':11s} {'verdict':18s} {'age':6s} run"]
     for step in record["steps"]:
         where = Path(step["run_dir"]).name if step["run_dir"] else "-"
-        lines.append(f"  {step['step']:11s} {step['verdict']:22s} {step['age'] or '-':7s} {where}"
+        lines.append(f"  {step['step']:11s} {step['verdict']:18s} {step['age'] or '-':6s} {where}"
                      + (f"  {step['note']}" if step["note"] else ""))
         for reason in step["stale"]:
             lines.append(f"  {'':11s} STALE: {reason}")
