@@ -185,13 +185,16 @@ def triage_command(model: str | None, backend: str | None, as_json: bool, regist
     """Triage a checkpoint: table on stdout, RUNS_DIR/<model>/triage.json for later steps."""
     import json
 
+    from helpers import context
     from helpers import settings as settings_module
     from helpers import triage
     from helpers.triage_view import render_table
 
     settings = settings_module.load({"MODEL": model, "BACKEND": backend})
     resolved = _model(settings)
-    context_record = _context_at_start(settings, resolved)
+    # the context this triage starts from (no NPU or port check: triage starts no server)
+    context_record = context.collect(settings, model=resolved, npus=False, port=False)
+    context.write(context_record, context.context_path(settings, resolved))
     if sys.stderr.isatty():
         click.echo("triage: reading config and safetensors headers; asking vLLM's registry ...", err=True)
     record = triage.triage(settings, resolved, registry=registry, registry_timeout=registry_timeout)
@@ -203,6 +206,7 @@ def triage_command(model: str | None, backend: str | None, as_json: bool, regist
     click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else render_table(data))
     if not as_json:
         click.echo(f"triage.json: {path}" + (f" (previous kept as {kept.name})" if kept else ""))
+        click.echo(context.summary_line(context_record))
     if record.errors:
         more = f"; {len(record.errors) - 1} more" if len(record.errors) > 1 else ""
         raise UsageError(f"{record.errors[0]}{more}", f"details in {path}")
@@ -334,16 +338,6 @@ def matrix_cmd(exit_code: bool) -> None:
 def _model_if_set(settings, *, evidence_only: bool = True):
     """MODEL resolved when it is set (context and status also work before a model is chosen)."""
     return _model(settings, evidence_only=evidence_only) if settings.model.strip() else None
-
-
-def _context_at_start(settings, model) -> dict:
-    """The context a step starts from (no NPU or port check: this step starts no server)."""
-    from helpers import context
-
-    record = context.collect(settings, model=model, npus=False, port=False)
-    context.write(record, context.context_path(settings, model))
-    click.echo(context.summary_line(record), err=True)
-    return record
 
 
 @cli.command("context")
