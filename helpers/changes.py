@@ -33,7 +33,6 @@ from helpers.triage_view import label_table
 RULES_PATH = Path(__file__).with_name("changes.yaml")
 SCHEMA = 1
 KINDS = ("model-adapter", "processor", "registry", "backend-patch", "copied-modeling", "deliverable", "other")
-ROOT_SETTINGS = {"vllm": "VLLM_SRC", "vllm-ascend": "VLLM_ASCEND_SRC"}
 
 
 @dataclass
@@ -140,7 +139,7 @@ def write(record: dict[str, Any], model: Model) -> Path:
 def check(settings: Settings, model: Model) -> dict[str, Any]:
     started = time.monotonic()
     kind_rules, registry_rules = load_rules()
-    roots = {"vllm": settings.vllm_src, "vllm-ascend": settings.vllm_ascend_src}
+    roots = sourcetree.implementation_roots(settings)
     try:
         previous = ev.read_json(changes_path(model))
     except (OSError, ValueError):
@@ -158,7 +157,7 @@ def check(settings: Settings, model: Model) -> dict[str, Any]:
             why = "not set" if path is None else (info.error if info and info.error else "no commit yet")
             root_records[name] = {"path": str(path) if path else None, "head": None, "branch": None, "base": None,
                                   "dirty": False, "error": why}
-            warnings.append(f"{ROOT_SETTINGS[name]}={path}: {why}; its changes are not checked")
+            warnings.append(f"{sourcetree.ROOT_SETTINGS[name]}={path}: {why}; its changes are not checked")
             work_trees[name] = None
             continue
         top = sourcetree.toplevel(path) or path
@@ -224,7 +223,7 @@ def render_table(record: dict[str, Any]) -> str:
                      f" ({root['base_source']}){', dirty' if root['dirty'] else ''}")
         else:
             state = root.get("error") or "?"
-        rows.append(("实现根目录", ROOT_SETTINGS[name], f"{root['path']}  {state}"))
+        rows.append(("实现根目录", sourcetree.ROOT_SETTINGS[name], f"{root['path']}  {state}"))
     for arch, registered in record["registry"]["registered"].items():
         where = record["registry"]["where"].get(arch)
         rows.append(("注册", arch, {True: f"registered ({where})", False: "NOT registered",

@@ -335,9 +335,11 @@ def matrix_cmd(exit_code: bool) -> None:
 
 # --- context, changes, status (issue 14: the engineer's side of bring-up) ------------------------
 
-def _model_if_set(settings, *, evidence_only: bool = True):
-    """MODEL resolved when it is set (context and status also work before a model is chosen)."""
-    return _model(settings, evidence_only=evidence_only) if settings.model.strip() else None
+def _show(settings, as_json: bool, record: dict, table: str) -> None:
+    """The record as JSON (--json or JSON=1), else the table a person reads."""
+    import json
+
+    click.echo(json.dumps(record, indent=2, ensure_ascii=False) if as_json or settings.json_output else table)
 
 
 @cli.command("context")
@@ -345,24 +347,19 @@ def _model_if_set(settings, *, evidence_only: bool = True):
 def context_cmd(as_json: bool) -> None:
     """Collect the context: checkpoint, implementation roots (HEAD, branch, dirty), delivery repo,
     versions and where each is imported from, NPU processes (ours or not), the port. Writes
-    RUNS_DIR/<model>/context.json; exit 3 when an NPU the plan needs or the port is taken."""
-    import json
-
+    RUNS_DIR/<model>/context.json (MODEL may be unset); exit 3 when a needed NPU or the port is taken."""
     from helpers import context, profiles
     from helpers.errors import EnvironmentProblem
     from helpers.plan import plan_for
 
     settings = _settings()
-    model = _model_if_set(settings)
+    model = _model(settings) if settings.model.strip() else None
     profile = profiles.load(settings.backend)
-    plan = plan_for(profile, settings, model, settings.stage) if model is not None and model.path else None
+    plan = plan_for(profile, settings, model, settings.stage) if model is not None else None
     record = context.collect(settings, model=model, profile=profile, plan=plan)
     path = context.context_path(settings, model)
     context.write(record, path)
-    if as_json or settings.json_output:
-        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
-    else:
-        click.echo(context.render_table(record) + f"\ncontext.json: {path}")
+    _show(settings, as_json, record, context.render_table(record) + f"\ncontext.json: {path}")
     if record["problems"]:
         raise EnvironmentProblem(record["problems"][0], context.hint_for(record))
 
@@ -373,18 +370,13 @@ def changes_cmd(as_json: bool) -> None:
     """The model's code changes in VLLM_SRC and VLLM_ASCEND_SRC since the base a run first saw:
     each file classified (helpers/changes.yaml), compiled, the architecture's registration read
     from the roots' source. Writes RUNS_DIR/<model>/changes.json; exit 1 when a check fails."""
-    import json
-
     from helpers import changes
 
     settings = _settings()
     model = _model(settings, evidence_only=True)
     record = changes.check(settings, model)
     path = changes.write(record, model)
-    if as_json or settings.json_output:
-        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
-    else:
-        click.echo(changes.render_table(record) + f"\nchanges.json: {path}")
+    _show(settings, as_json, record, changes.render_table(record) + f"\nchanges.json: {path}")
     sys.exit(changes.exit_code(record))
 
 
@@ -393,16 +385,11 @@ def changes_cmd(as_json: bool) -> None:
 def status_cmd(as_json: bool) -> None:
     """Where am I: the checklist of MODEL from its recorded evidence (verdict, age, run
     directory, what is stale since), whether sign-off is possible, the next command. Starts nothing."""
-    import json
-
     from helpers import status
 
     settings = _settings()
     record = status.collect(settings, _model(settings, evidence_only=True))
-    if as_json or settings.json_output:
-        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
-    else:
-        click.echo(status.render_table(record))
+    _show(settings, as_json, record, status.render_table(record))
 
 
 def restore_box_pythonpath() -> None:

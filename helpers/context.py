@@ -32,11 +32,6 @@ SCHEMA = 1
 # (name in versions, module imported, implementation root it should come from)
 PACKAGES = (("vllm", "vllm", "vllm"), ("vllm-ascend", "vllm_ascend", "vllm-ascend"), ("torch", "torch", None),
             ("torch-npu", "torch_npu", None), ("transformers", "transformers", None))
-ROOT_SETTINGS = {"vllm": "VLLM_SRC", "vllm-ascend": "VLLM_ASCEND_SRC"}
-
-
-def roots_of(settings: Settings) -> dict[str, Path | None]:
-    return {"vllm": settings.vllm_src, "vllm-ascend": settings.vllm_ascend_src}
 
 
 def delivery_repo(settings: Settings) -> dict[str, Any]:
@@ -151,9 +146,9 @@ def collect(settings: Settings, *, model: Model | None, profile: profiles.Profil
     are what the engineer should know (a root that is not a work tree, vLLM imported elsewhere)."""
     started = time.monotonic()
     profile = profile or profiles.load(settings.backend)
-    roots = roots_of(settings)
+    roots = sourcetree.implementation_roots(settings)
     pending = {name: sourcetree.start_status(path) if path is not None else None for name, path in roots.items()}
-    facts_box = profile.facts_box({"vllm": settings.vllm_src, "vllm-ascend": settings.vllm_ascend_src})
+    facts_box = profile.facts_box(roots)
     warnings: list[str] = []
     problems: list[str] = []
 
@@ -173,13 +168,13 @@ def collect(settings: Settings, *, model: Model | None, profile: profiles.Profil
     root_records: dict[str, Any] = {}
     for name, path in roots.items():
         if path is None:
-            root_records[name] = {"path": None, "exists": False, "git": False, "setting": ROOT_SETTINGS[name]}
-            warnings.append(f"{ROOT_SETTINGS[name]} is not set")
+            root_records[name] = {"path": None, "exists": False, "git": False, "setting": sourcetree.ROOT_SETTINGS[name]}
+            warnings.append(f"{sourcetree.ROOT_SETTINGS[name]} is not set")
             continue
         info = sourcetree.read_status(path, pending[name])
-        root_records[name] = {**info.to_dict(), "setting": ROOT_SETTINGS[name]}
+        root_records[name] = {**info.to_dict(), "setting": sourcetree.ROOT_SETTINGS[name]}
         if not info.git:
-            warnings.append(f"{ROOT_SETTINGS[name]}={path}: {info.error}")
+            warnings.append(f"{sourcetree.ROOT_SETTINGS[name]}={path}: {info.error}")
 
     versions = facts_box.versions([name for name, _module, _root in PACKAGES])
     packages: dict[str, Any] = {}
@@ -189,8 +184,9 @@ def collect(settings: Settings, *, model: Model | None, profile: profiles.Profil
         if root is not None:
             entry["from_root"] = _inside(where, roots[root])
             if where and entry["from_root"] is False:
-                warnings.append(f"{module} is imported from {where}, not from {ROOT_SETTINGS[root]}={roots[root]}: "
-                                "changes made in the root are not what runs (pip install -e the root, check PYTHONPATH)")
+                setting = sourcetree.ROOT_SETTINGS[root]
+                warnings.append(f"{module} is imported from {where}, not from {setting}={roots[root]}: changes made "
+                                "in the root are not what runs (pip install -e the root, check PYTHONPATH)")
         packages[name] = entry
 
     model_record: dict[str, Any] = {"requested": settings.model or None, "model_root": str(settings.model_root)}
@@ -304,8 +300,8 @@ def render_table(record: dict[str, Any]) -> str:
         summary = f"{len(npus['devices'])} device(s) ({npus['source']}); the plan needs {npus['needed'] or '-'}"
         rows.append(("NPU", "npus", summary))
         for proc in npus["processes"]:
-            rows.append(("NPU 进程", f"device {proc['device']}",
-                         f"pid {proc['pid']} {proc['user']} {proc['command'][:60]} {proc['memory_mb']} MB [{proc['owner']}]"))
+            rows.append(("NPU 进程", f"device {proc['device']}", f"pid {proc['pid']} {proc['user']} "
+                         f"{proc['command'][:60]} {proc['memory_mb']} MB [{proc['owner']}]"))
     port = record.get("port")
     if port is not None:
         rows.append(("端口", "port", f"{port['port']} on {port['host']} " + (

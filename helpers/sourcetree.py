@@ -15,8 +15,16 @@ from pathlib import Path
 from typing import Any
 
 GIT_TIMEOUT = 30.0
+# The two implementation roots (the workflow's /vllm-workspace/vllm and /vllm-workspace/vllm-ascend)
+# and the setting that names each.
+ROOT_SETTINGS = {"vllm": "VLLM_SRC", "vllm-ascend": "VLLM_ASCEND_SRC"}
 # The vllm-ascend checkout shape (its package directory and the docs the delivery writes into).
 VLLM_ASCEND_MARKERS = ("vllm_ascend", "docs/source/tutorials")
+
+
+def implementation_roots(settings: Any) -> dict[str, Path | None]:
+    """{"vllm": VLLM_SRC, "vllm-ascend": VLLM_ASCEND_SRC} from the settings."""
+    return {"vllm": settings.vllm_src, "vllm-ascend": settings.vllm_ascend_src}
 
 
 def git(root: Path, *args: str, timeout: float = GIT_TIMEOUT) -> str | None:

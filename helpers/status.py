@@ -27,7 +27,6 @@ STEPS = ("context", "triage", "changes", "stage-a", "stage-b", "ep", "flashcomm1
          "accuracy", "report", "deliver")
 FEATURE_STEPS = ("ep", "flashcomm1", "mtp")
 PACKAGES = ("vllm", "vllm-ascend", "torch", "torch-npu", "transformers")
-ROOT_SETTINGS = {"vllm": "VLLM_SRC", "vllm-ascend": "VLLM_ASCEND_SRC"}
 DONE = ("PASS", "NOT_APPLICABLE", "CHECKPOINT_MISSING", "FRAMEWORK_UNSUPPORTED", "DONE")
 
 
@@ -65,7 +64,7 @@ def _mtime(paths: list[Path]) -> float | None:
 
 
 def observe(settings: Settings, model: Model, backend: str) -> Now:
-    roots = {"vllm": settings.vllm_src, "vllm-ascend": settings.vllm_ascend_src}
+    roots = sourcetree.implementation_roots(settings)
     pending = {name: sourcetree.start_status(path) if path else None for name, path in roots.items()}
     versions: dict[str, str | None] = {}
     note = ""
@@ -129,10 +128,10 @@ def stale_reasons(now: Now, *, when: str | None, context: dict[str, Any] | None,
         if not root.get("git") or not today or today["path"] != root.get("path") or not today["git"]:
             continue
         if root.get("head") != today["head"]:
-            reasons.append(f"{ROOT_SETTINGS.get(name, name)} HEAD moved ({str(root.get('head'))[:8]} -> "
+            reasons.append(f"{sourcetree.ROOT_SETTINGS.get(name, name)} HEAD moved ({str(root.get('head'))[:8]} -> "
                            f"{str(today['head'])[:8]})")
         elif root.get("fingerprint") != today["fingerprint"]:
-            reasons.append(f"{ROOT_SETTINGS.get(name, name)} has other uncommitted changes than at this run")
+            reasons.append(f"{sourcetree.ROOT_SETTINGS.get(name, name)} has other uncommitted changes than at this run")
     for package, version in (versions or {}).items():
         current = now.versions.get(package)
         if version and current and version != current:
@@ -212,8 +211,9 @@ def file_steps(model_runs: Path, now: Now) -> dict[str, Step]:
     deliverables = model_runs / "deliverables" / "deliverables.json"
     record = _read(deliverables)
     if record is not None:
-        rendered = ev.utc_iso(deliverables.stat().st_mtime)
-        newer = [p.parent.name for p in model_runs.glob("*/evidence.json") if p.stat().st_mtime > deliverables.stat().st_mtime]
+        rendered_at = deliverables.stat().st_mtime
+        rendered = ev.utc_iso(rendered_at)
+        newer = [p.parent.name for p in model_runs.glob("*/evidence.json") if p.stat().st_mtime > rendered_at]
         steps["report"] = Step("report", "DONE", rendered, str(deliverables.parent),
                                [f"evidence newer than the report ({newer[-1]})"] if newer else [],
                                "" if record.get("stage_b_signed_off") else "rendered without Stage B sign-off")
