@@ -104,13 +104,16 @@ def compile_check(path: Path) -> str:
 
 # --- the base a run first saw ---------------------------------------------------------------
 
-def choose_base(root: Path, head: str, previous: dict[str, Any] | None, seen: dict[str, str]) -> tuple[str, str]:
-    """(base commit, where it came from)."""
-    if previous and previous.get("path") == str(root) and previous.get("base"):
-        if sourcetree.commit_exists(root, previous["base"]):
+def choose_base(path: Path, top: Path, head: str, previous: dict[str, Any] | None,
+                seen: dict[str, str]) -> tuple[str, str]:
+    """(base commit, where it came from): the base changes.json recorded the first time, else the
+    HEAD the first recorded context of this model saw, else HEAD now."""
+    if previous and previous.get("path") == str(path) and previous.get("base"):
+        if sourcetree.commit_exists(top, previous["base"]):
             return previous["base"], "changes.json (recorded the first time)"
-    if str(root) in seen and sourcetree.commit_exists(root, seen[str(root)]):
-        return seen[str(root)], "the first recorded context of this model"
+    first = seen.get(str(path)) or seen.get(str(top))
+    if first and sourcetree.commit_exists(top, first):
+        return first, "the first recorded context of this model"
     return head, "HEAD (first time this root is seen)"
 
 
@@ -162,11 +165,11 @@ def check(settings: Settings, model: Model) -> dict[str, Any]:
             continue
         top = sourcetree.toplevel(path) or path
         work_trees[name] = top
-        base, base_source = choose_base(top, info.head, (previous.get("roots") or {}).get(name), seen)
+        base, base_source = choose_base(path, top, info.head, (previous.get("roots") or {}).get(name), seen)
         changed = sourcetree.changed_files(top, base)
-        root_records[name] = {"path": str(top), "head": info.head, "branch": info.branch, "base": base,
-                              "base_source": base_source, "dirty": bool(info.dirty), "dirty_count": info.dirty_count,
-                              "fingerprint": info.fingerprint}
+        root_records[name] = {"path": str(path), "toplevel": str(top), "head": info.head, "branch": info.branch,
+                              "base": base, "base_source": base_source, "dirty": bool(info.dirty),
+                              "dirty_count": info.dirty_count, "fingerprint": info.fingerprint}
         diffstats[name] = sourcetree.diffstat(changed)
         for change in changed:
             file_path = top / change.path

@@ -144,3 +144,21 @@ def test_globs_and_rules_data():
     assert not changes.glob_regex("tests/e2e/models/configs/*.yaml").match("tests/e2e/models/configs/a/b.yaml")
     rules, registry = changes.load_rules()
     assert {r.kind for r in rules} <= set(changes.KINDS) and set(registry) == {"vllm", "vllm-ascend"}
+
+
+def test_the_base_is_the_head_the_first_recorded_context_saw(tmp_path, runs_dir, roots):
+    """Code committed in a root after the model's first run is still the model's change."""
+    vllm, ascend = roots
+    model = model_dir(tmp_path / "models", "Foo-7B", "FooForCausalLM")
+    env = env_for(runs_dir, vllm, ascend, model)
+    first_head = git(vllm, "rev-parse", "HEAD").strip()
+    assert run_cli(["context"], env).returncode == 0  # the first run records the roots' HEAD
+    write(vllm, "vllm/model_executor/models/foo.py", "class FooForCausalLM:\n    pass\n")
+    register(vllm, "FooForCausalLM", "foo")
+    git(vllm, "add", "-A")
+    git(vllm, "commit", "-q", "-m", "[Model] Foo")
+    record = json.loads(run_cli(["changes", "--json"], env).stdout)
+    assert record["roots"]["vllm"]["base"] == first_head
+    assert record["roots"]["vllm"]["base_source"] == "the first recorded context of this model"
+    assert set(by_path(record)) == {"vllm:vllm/model_executor/models/foo.py", "vllm:vllm/model_executor/models/registry.py"}
+    assert record["verdict"] == "PASS"
