@@ -38,6 +38,16 @@ hygiene: setup ## Stop servers this tool started (from its state files) and chec
 triage: setup ## Triage MODEL: config, weight coverage, vLLM registry, features, TP plan -> runs/<model>/triage.json
 	@scripts/triage.sh
 
+# --- context, the model's code changes, where am I (issue 14)
+context: setup ## Collect the context: roots (HEAD, dirty), versions and import paths, NPU processes, port -> context.json
+	@scripts/context.sh
+
+changes: setup ## The model's code changes in VLLM_SRC / VLLM_ASCEND_SRC: classified, py_compile, registry -> changes.json
+	@scripts/changes.sh
+
+status: setup ## Where am I: MODEL's checklist from its evidence (verdict, age, stale), sign-off, next command
+	@scripts/status.sh
+
 # --- 2-3. the two gates
 stage-a: setup ## Stage A: serve with dummy weights, readiness, smoke, verdict
 	@scripts/stage.sh a
@@ -101,3 +111,4 @@ bench: setup ## Benchmarks (triage of a 100 GB-class sharded checkpoint reads he
 	@scripts/bench.sh
 
 .PHONY: help setup demo test hygiene triage stage-a stage-b ep flashcomm1 mtp all-features matrix eager dynamo-fallback text-only ladder diagnose capacity accuracy report deliver tiny-model runbooks bench
+.PHONY: context changes status

@@ -53,16 +53,26 @@ def module_importable(name: str) -> bool:
         return False
 
 
+def module_location(module: str) -> str | None:
+    """The directory (package) or file (module) `import module` would load, without importing it."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        return str(list(spec.submodule_search_locations)[0])
+    return spec.origin
+
+
 def package_source_dir(package: str, fallback_root: Path | None = None) -> Path | None:
     """Where the installed package's Python source is (its import location, else the given
     implementation root's package directory)."""
     module = package.replace("-", "_")
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        spec = None
-    if spec is not None and spec.submodule_search_locations:
-        return Path(list(spec.submodule_search_locations)[0])
+    location = module_location(module)
+    if location is not None and Path(location).is_dir():
+        return Path(location)
     if fallback_root is not None and (fallback_root / module).is_dir():
         return fallback_root / module
     return None
@@ -158,6 +168,10 @@ class Box:
     def source_contains(self, package: str, needle: str) -> bool | None:
         return self._source(package, needle)
 
+    def imported_from(self, module: str) -> str | None:
+        """Where `import module` loads it from on this box (None: not importable)."""
+        return module_location(module)
+
     def npu_smi(self) -> tuple[str | None, str]:
         return read_npu_smi()
 
@@ -181,7 +195,8 @@ def series_of_soc(soc: int | None) -> str | None:
 
 class RecordedBox(Box):
     """A box described by a command that prints its facts as JSON: {versions, npu_smi, modules,
-    markers (source text -> present), sources}. Nothing of this machine is asked."""
+    markers (source text -> present), imported_from (module -> directory), sources}. Nothing of
+    this machine is asked."""
 
     kind = "recorded"
 
@@ -205,6 +220,9 @@ class RecordedBox(Box):
 
     def source_contains(self, package: str, needle: str) -> bool | None:
         return (self.facts.get("markers") or {}).get(needle)
+
+    def imported_from(self, module: str) -> str | None:
+        return (self.facts.get("imported_from") or {}).get(module)
 
     def soc_version(self) -> int | None:
         value = self.facts.get("soc_version")

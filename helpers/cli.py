@@ -185,15 +185,20 @@ def triage_command(model: str | None, backend: str | None, as_json: bool, regist
     """Triage a checkpoint: table on stdout, RUNS_DIR/<model>/triage.json for later steps."""
     import json
 
+    from helpers import context
     from helpers import settings as settings_module
     from helpers import triage
     from helpers.triage_view import render_table
 
     settings = settings_module.load({"MODEL": model, "BACKEND": backend})
     resolved = _model(settings)
+    # the context this triage starts from (no NPU or port check: triage starts no server)
+    context_record = context.collect(settings, model=resolved, npus=False, port=False)
+    context.write(context_record, context.context_path(settings, resolved))
     if sys.stderr.isatty():
         click.echo("triage: reading config and safetensors headers; asking vLLM's registry ...", err=True)
     record = triage.triage(settings, resolved, registry=registry, registry_timeout=registry_timeout)
+    record.context = context_record
     path = triage.triage_path(resolved)
     kept = triage.write_record(record, path)
     data = record.to_dict()
@@ -201,6 +206,7 @@ def triage_command(model: str | None, backend: str | None, as_json: bool, regist
     click.echo(json.dumps(data, indent=2, ensure_ascii=False) if as_json else render_table(data))
     if not as_json:
         click.echo(f"triage.json: {path}" + (f" (previous kept as {kept.name})" if kept else ""))
+        click.echo(context.summary_line(context_record))
     if record.errors:
         more = f"; {len(record.errors) - 1} more" if len(record.errors) > 1 else ""
         raise UsageError(f"{record.errors[0]}{more}", f"details in {path}")
@@ -325,6 +331,65 @@ def matrix_cmd(exit_code: bool) -> None:
     click.echo(f"matrix: {json_path}\n        {md_path}")
     if exit_code:
         sys.exit(matrix.exit_code(data))
+
+
+# --- context, changes, status (issue 14: the engineer's side of bring-up) ------------------------
+
+def _show(settings, as_json: bool, record: dict, table: str) -> None:
+    """The record as JSON (--json or JSON=1), else the table a person reads."""
+    import json
+
+    click.echo(json.dumps(record, indent=2, ensure_ascii=False) if as_json or settings.json_output else table)
+
+
+@cli.command("context")
+@click.option("--json", "as_json", is_flag=True, help="print context.json instead of the table (also JSON=1)")
+def context_cmd(as_json: bool) -> None:
+    """Collect the context: checkpoint, implementation roots (HEAD, branch, dirty), delivery repo,
+    versions and where each is imported from, NPU processes (ours or not), the port. Writes
+    RUNS_DIR/<model>/context.json (MODEL may be unset); exit 3 when a needed NPU or the port is taken."""
+    from helpers import context, profiles
+    from helpers.errors import EnvironmentProblem
+    from helpers.plan import plan_for
+
+    settings = _settings()
+    model = _model(settings) if settings.model.strip() else None
+    profile = profiles.load(settings.backend)
+    plan = plan_for(profile, settings, model, settings.stage) if model is not None else None
+    record = context.collect(settings, model=model, profile=profile, plan=plan)
+    path = context.context_path(settings, model)
+    context.write(record, path)
+    _show(settings, as_json, record, context.render_table(record) + f"\ncontext.json: {path}")
+    if record["problems"]:
+        raise EnvironmentProblem(record["problems"][0], context.hint_for(record))
+
+
+@cli.command("changes")
+@click.option("--json", "as_json", is_flag=True, help="print changes.json instead of the table (also JSON=1)")
+def changes_cmd(as_json: bool) -> None:
+    """The model's code changes in VLLM_SRC and VLLM_ASCEND_SRC since the base a run first saw:
+    each file classified (helpers/changes.yaml), compiled, the architecture's registration read
+    from the roots' source. Writes RUNS_DIR/<model>/changes.json; exit 1 when a check fails."""
+    from helpers import changes
+
+    settings = _settings()
+    model = _model(settings, evidence_only=True)
+    record = changes.check(settings, model)
+    path = changes.write(record, model)
+    _show(settings, as_json, record, changes.render_table(record) + f"\nchanges.json: {path}")
+    sys.exit(changes.exit_code(record))
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="print the status record instead of the table (also JSON=1)")
+def status_cmd(as_json: bool) -> None:
+    """Where am I: the checklist of MODEL from its recorded evidence (verdict, age, run
+    directory, what is stale since), whether sign-off is possible, the next command. Starts nothing."""
+    from helpers import status
+
+    settings = _settings()
+    record = status.collect(settings, _model(settings, evidence_only=True))
+    _show(settings, as_json, record, status.render_table(record))
 
 
 def restore_box_pythonpath() -> None:

@@ -6,6 +6,7 @@ MODEL_ROOT and a path all lead to the same RUNS_DIR/<name>/ directory in every s
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -91,3 +92,26 @@ def resolve(settings: Settings, *, evidence_only: bool = False) -> Model:
     config = read_config(path)
     return Model(settings.model, path, name, ev.model_runs_dir(settings.runs_dir, name),
                  settings.served_name or path.name, config)
+
+
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.index.json")
+
+
+def checkpoint_fingerprint(path: Path) -> dict[str, Any]:
+    """What a run depended on in the checkpoint: config.json's content hash and the weight files'
+    names, sizes and mtimes (stat only, no tensor read). Recorded by `make context`; `make status`
+    compares it with today's to say a run is stale."""
+    try:
+        config_sha = hashlib.sha256((path / "config.json").read_bytes()).hexdigest()[:16]
+    except OSError:
+        config_sha = None
+    parts, total = [], 0
+    for file in sorted({p for pattern in WEIGHT_GLOBS for p in path.glob(pattern)}):
+        try:
+            stat = file.stat()
+        except OSError:
+            continue
+        total += stat.st_size
+        parts.append(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return {"config_sha256": config_sha, "weight_files": len(parts), "weight_bytes": total,
+            "weights_sha256": hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16] if parts else None}

@@ -152,3 +152,29 @@ def passing_modes(runs: list[Run]) -> Modes:
     primary = normal[-1] if normal else (passing[-1] if passing else None)
     return Modes(primary, bool(primary and primary.fallback_kind), fallback["eager"], fallback["dynamo"],
                  fallback["text-only"])
+
+
+def recorded_contexts(model_dir: Path) -> list[dict[str, Any]]:
+    """Every context (`make context`) this model's evidence recorded: context.json, triage.json's,
+    each run's evidence.json."""
+    found = []
+    for name in ("context.json", "triage.json"):
+        try:
+            data = ev.read_json(Path(model_dir) / name)
+        except (OSError, ValueError):
+            continue
+        found.append(data.get("context") if name == "triage.json" else data)
+    found += [record.get("context") for _dir, record in ev.iter_evidence(model_dir)]
+    return [c for c in found if isinstance(c, dict) and c.get("generated_at")]
+
+
+def first_seen_heads(model_dir: Path) -> dict[str, str]:
+    """Implementation root path -> the HEAD the earliest recorded context of this model saw there
+    (the base `make changes` diffs against)."""
+    seen: dict[str, tuple[str, str]] = {}
+    for record in recorded_contexts(model_dir):
+        for root in (record.get("roots") or {}).values():
+            path, head = root.get("path"), root.get("head")
+            if path and head and (path not in seen or record["generated_at"] < seen[path][0]):
+                seen[path] = (record["generated_at"], head)
+    return {path: head for path, (_when, head) in seen.items()}

@@ -160,6 +160,7 @@ class Settings:
     vllm_src: Path | None = None
     vllm_ascend_src: Path | None = None
     triage_json: bool = False
+    json_output: bool = False  # JSON=1: make context / changes / status print their JSON record
     ladder_dynamo: str = "auto"
     log: Path | None = None
     sweep: list[int] | str | None = None
@@ -208,6 +209,7 @@ def load(overrides: dict[str, str | None] | None = None) -> Settings:
         vllm_src=_path(values, "VLLM_SRC", base),
         vllm_ascend_src=_path(values, "VLLM_ASCEND_SRC", base),
         triage_json=_text(values, "TRIAGE_JSON").lower() in _TRUE,
+        json_output=_text(values, "JSON").lower() in _TRUE,
         ladder_dynamo=_choice(values, "LADDER_DYNAMO", "auto", ("auto", "always"), "use auto or always"),
         log=_path(values, "LOG", base),
         sweep=_sweep(values),

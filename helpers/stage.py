@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from helpers import context as context_check
 from helpers import profiles
 from helpers import evidence as ev
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted
@@ -68,6 +69,7 @@ class StageRun:
         # A feature gate's own check of the finished record (its evidence in the log); runs
         # before the verdict is printed, so the one verdict line a user sees is the final one.
         self.post_check: Callable[["StageRun"], None] | None = None
+        self.context: dict[str, Any] | None = None  # collected before the server starts (make context)
 
     @property
     def model_name(self) -> str:
@@ -109,6 +111,7 @@ class StageRun:
             "command": {"argv": self.plan.argv, "env": self.plan.env, "cwd": self.plan.cwd,
                         "shell": self.plan.shell_line(), "file": "command.sh"},
             "versions": self.profile.facts_box().versions(self.profile.versions),
+            "context": self.context,
             "started_at": ev.utc_iso(),
             "finished_at": None,
             "timings": {},
@@ -247,6 +250,7 @@ class StageRun:
     def run(self) -> int:
         self.profile.check_installed()
         require_free_port(self.settings.host, self.settings.port, self.settings.runs_dir)
+        self.context = context_check.preflight(self.settings, self.model, self.profile, self.plan)
         self._open_run()
         assert self.run_dir is not None
         label = f"{self.request.step} {self.model_name}"

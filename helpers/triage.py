@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -81,6 +81,7 @@ class TriageRecord:
     next_commands: list[dict[str, str]]
     exit_code: int
     elapsed_s: float
+    context: dict[str, Any] = field(default_factory=dict)  # `make context` at the start of `make triage`
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

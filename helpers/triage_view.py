@@ -17,6 +17,18 @@ def _yes(value: bool | None) -> str:
     return {True: "yes", False: "no", None: "unknown"}[value]
 
 
+def label_table(rows: list[tuple[str, str, str]]) -> list[str]:
+    """`中文 key  value` lines, the values aligned (a CJK character is two columns wide)."""
+    if not rows:
+        return []
+
+    def wide(text: str) -> int:
+        return len(text) + sum(1 for ch in text if ord(ch) > 0x2E7F)
+
+    width = max(wide(f"{zh} {key}") for zh, key, _ in rows)
+    return [f"{zh} {key}{' ' * (width - wide(f'{zh} {key}'))}  {value}" for zh, key, value in rows]
+
+
 def render_table(record: dict[str, Any], rules: feature_rules.RuleSet | None = None) -> str:
     rules = rules or feature_rules.load_rules()
     c, inv, w, cov, reg = record["config"], record["inventory"], record["weights"], record["coverage"], record["registry"]
@@ -69,12 +81,7 @@ def render_table(record: dict[str, Any], rules: feature_rules.RuleSet | None = N
         label = rules.label(feature["category"])
         row(f"特性 {feature['zh'] or feature['name']}", feature["id"],
             f"{label} / {feature['category']}: {feature['evidence']}")
-    width = max(len(f"{zh} {key}") + sum(1 for ch in zh if ord(ch) > 0x2E7F) for zh, key, _ in rows)
-    lines = []
-    for zh, key, value in rows:
-        label = f"{zh} {key}"
-        pad = width - len(label) - sum(1 for ch in zh if ord(ch) > 0x2E7F)
-        lines.append(f"{label}{' ' * pad}  {value}")
+    lines = label_table(rows)
     for warning in record["warnings"]:
         lines.append(f"警告 warning: {warning}")
     for error in record["errors"]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,33 @@ from helpers.replay.invocation import ScenarioError  # noqa: E402
 from helpers.replay.scenario import Scenario, load, machines  # noqa: E402
 
 WHATS = ("versions", "npu-smi", "soc", "modules", "markers", "all")
+# Where the official image installs the two roots (editable installs):
+# Dockerfile@v0.11.0rc3:50-62 (`pip install -v -e /vllm-workspace/vllm/`, `-e /vllm-workspace/vllm-ascend/`).
+IMAGE_LAYOUT = {"vllm": "/vllm-workspace/vllm/vllm", "vllm_ascend": "/vllm-workspace/vllm-ascend/vllm_ascend"}
+IMAGE_LAYOUT_SOURCE = "Dockerfile@v0.11.0rc3:50-62 (editable installs under /vllm-workspace)"
+# a package directly under site-packages or under one of the image's roots
+_TRACEBACK_PATH = re.compile(r'File "(/[^"]*?(?:site-packages|dist-packages|/vllm-workspace/vllm-ascend|'
+                             r'/vllm-workspace/vllm)/)(vllm_ascend|vllm|torch_npu|torch|transformers)/')
+
+
+def imported_from(scenario: Scenario) -> tuple[dict[str, str], dict[str, str]]:
+    """Where the recorded box imports each package from: the traceback paths of its own log
+    lines, else the official image's layout. ({module: directory}, {module: source})."""
+    found: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    items = [item for block in scenario.all_blocks() for item in block.items]
+    items += [item for rule in scenario.requests for item in rule.items + rule.after_items]
+    items += [item for periodic in scenario.periodic for item in periodic.lines]
+    for item in items:
+        for match in _TRACEBACK_PATH.finditer(item.text or ""):
+            module = match.group(2)
+            if module not in found:
+                found[module] = match.group(1) + module
+                sources[module] = f"a traceback line of {scenario.path.name}"
+    for module, path in IMAGE_LAYOUT.items():
+        if module not in found:
+            found[module], sources[module] = path, IMAGE_LAYOUT_SOURCE
+    return found, sources
 
 
 def facts(scenario: Scenario) -> dict[str, Any]:
@@ -36,6 +64,7 @@ def facts(scenario: Scenario) -> dict[str, Any]:
     if machine_name and machine is None:
         raise ScenarioError(f"{scenario.name}: box.machine {machine_name!r} is not in helpers/replay/machines.yaml")
     machine = machine or {}
+    paths, path_sources = imported_from(scenario)
     return {
         "scenario": scenario.name,
         "era": scenario.era,
@@ -46,7 +75,9 @@ def facts(scenario: Scenario) -> dict[str, Any]:
         "device_type": machine.get("device_type", ""),
         "modules": [str(m) for m in box.get("modules") or []],
         "markers": {str(k): bool(v) for k, v in (box.get("markers") or {}).items()},
-        "sources": {"box": box.get("source", ""), "machine": machine.get("source", "")},
+        "sources": {"box": box.get("source", ""), "machine": machine.get("source", ""),
+                    "imported_from": path_sources},
+        "imported_from": paths,
     }
 
 

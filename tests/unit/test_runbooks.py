@@ -31,6 +31,7 @@ RUNBOOKS = REPO / "runbooks"
 # README.zh.md is checked like a runbook (targets, variables, helpers, shell blocks).
 STEP_FILES = ["00-env-hygiene.md", "01-triage.md", "02-stage-a.md", "03-stage-b.md", "04-feature-gates.md",
               "05-fallback-ladder.md", "06-capacity.md", "07-accuracy.md", "08-delivery.md"]
+STEP_FILES += ["00-context.md", "01-code-changes.md"]  # issue 14: context and the model's code changes
 STEP_SECTIONS = ["## 目的", "## make 命令", "## 等价的纯 shell", "## PASS 的样子", "## 常见失败"]
 SHELL_LANGS = {"bash", "sh", "shell"}
 # Make variables that are not in env.example on purpose (set by the Makefile itself).
@@ -388,3 +389,28 @@ def test_both_readmes_quote_the_same_bench_numbers():
     assert len(numbers) >= 8, "README.md lost its measured numbers"
     chinese = (REPO / "README.zh.md").read_text(encoding="utf-8")
     assert not [n for n in numbers if n not in chinese], "README.zh.md quotes other bench numbers than README.md"
+
+
+def test_plain_shell_uses_only_what_the_official_image_has():
+    """The official image has no ss, netstat or lsof: ports are read from /proc (as helpers/serve.py does)."""
+    missing_tools = {"ss", "netstat", "lsof", "fuser"}
+    for block in shell_blocks():
+        for line in logical_lines(block.body):
+            used = missing_tools & set(tokens_of(line))
+            assert not used, f"{block.where()}: {sorted(used)} is not in the official image: {line}"
+
+
+def test_the_plain_shell_port_check_names_the_holder(tmp_path):
+    import os
+    import socket
+
+    block = next(b for b in blocks_of(RUNBOOKS / "00-env-hygiene.md") if "/proc/net/tcp" in b.body)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        script = block.body.replace("PORT=8000", f"PORT={port}", 1)
+        held = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert f"port {port}: pid {os.getpid()} " in held.stdout, held.stdout + held.stderr
+    free = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert free.stdout.strip() == f"port {port}: free"

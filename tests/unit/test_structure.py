@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import features, profiles
+from helpers import changes, features, profiles
 
 HELPERS = Path(__file__).resolve().parents[2] / "helpers"
 
@@ -19,10 +19,13 @@ HELPERS = Path(__file__).resolve().parents[2] / "helpers"
 LAYERS = {
     "data": {"errors", "settings", "evidence", "box", "templating", "checkpoint", "profiles", "model", "plan",
              "logscan", "features", "junit", "tinymodel", "e2e", "runs", "parallel", "triage_view", "coverage",
-             "render_signatures", "catalog", "ascend_facts", "logline", "diagnosis"},
+             "render_signatures", "catalog", "ascend_facts", "logline", "diagnosis",
+             "sourcetree", "npus"},
     "server": {"serve", "readiness", "smoke", "lifecycle", "loadgen", "registry"},
-    "engine": {"stage", "triage"},
-    "steps": {"gates", "ladder", "matrix", "capacity", "capacity_cell", "accuracy", "render", "deliver"},
+    "engine": {"stage", "triage",
+               "context"},
+    "steps": {"gates", "ladder", "matrix", "capacity", "capacity_cell", "accuracy", "render", "deliver",
+              "changes", "changes_registry", "status"},
     "entry": {"cli", "__main__", "__init__"},
 }
 ORDER = list(LAYERS)
@@ -95,7 +98,8 @@ def test_modules_stay_readable(name):
     assert lines <= MAX_LINES, f"helpers/{name}.py has {lines} lines: split it by concern"
 
 
-RULE_CLASSES = [features.FeatureRule, features.VersionRule, features.GateSpec, features.Rung, profiles.Profile]
+RULE_CLASSES = [features.FeatureRule, features.VersionRule, features.GateSpec, features.Rung, profiles.Profile,
+                changes.KindRule]
 
 
 @pytest.mark.parametrize("cls", RULE_CLASSES, ids=lambda c: c.__name__)
