@@ -19,10 +19,12 @@ HELPERS = Path(__file__).resolve().parents[2] / "helpers"
 LAYERS = {
     "data": {"errors", "settings", "evidence", "box", "templating", "checkpoint", "profiles", "model", "plan",
              "logscan", "features", "junit", "tinymodel", "e2e", "runs", "parallel", "triage_view", "coverage",
-             "render_signatures", "catalog", "ascend_facts", "logline", "diagnosis"},
+             "render_signatures", "catalog", "ascend_facts", "logline", "diagnosis", "layers", "hf_id", "gitrepo",
+             "changeset"},
     "server": {"serve", "readiness", "smoke", "lifecycle", "loadgen", "registry"},
     "engine": {"stage", "triage"},
-    "steps": {"gates", "ladder", "matrix", "capacity", "capacity_cell", "accuracy", "render", "deliver"},
+    "steps": {"gates", "ladder", "matrix", "capacity", "capacity_cell", "accuracy", "render", "render_inputs",
+              "deliver", "deliver_docs", "deliver_code"},
     "entry": {"cli", "__main__", "__init__"},
 }
 ORDER = list(LAYERS)
