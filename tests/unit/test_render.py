@@ -209,3 +209,27 @@ def test_adapters_read_both_triage_shapes(runs):
     assert flat["multimodal"] is True and flat["series"] == "A2" and flat["tp"] == 8
     assert flat["features"]["multimodal"]["category"] == "supported"
     assert render_inputs.adapt_triage(runs / "nothing")["present"] is False
+
+
+def test_hf_id_comes_from_model_id_else_the_checkpoints_own_metadata(tmp_path):
+    from helpers import hf_id
+
+    plain = tmp_path / "Qwen3-8B"
+    plain.mkdir()
+    assert hf_id.find(plain, {}, "Org/Given") == ("Org/Given", "MODEL_ID")
+    assert hf_id.find(plain, {"_name_or_path": "Qwen/Qwen3-8B"}) == ("Qwen/Qwen3-8B", "config.json:_name_or_path")
+    assert hf_id.find(plain, {"_name_or_path": "/root/ckpt/qwen"}) == (None, "none")  # a local path is no id
+    cached = tmp_path / "hub/models--Qwen--Qwen3-8B/snapshots/abc123"
+    cached.mkdir(parents=True)
+    assert hf_id.find(cached, {}) == ("Qwen/Qwen3-8B", "hub-cache:models--Qwen--Qwen3-8B")
+    (plain / "README.md").write_text("---\nbase_model: Qwen/Qwen3-8B-Base\nlicense_link: "
+                                     "https://huggingface.co/Qwen/Qwen3-8B/blob/main/LICENSE\n---\n# Qwen3-8B\n")
+    assert hf_id.find(plain, {}) == ("Qwen/Qwen3-8B", "README.md:license_link")  # never base_model: the parent
+
+
+def test_the_e2e_yaml_always_names_the_hardware_and_the_report_says_where_the_id_came_from(runs, tmp_path):
+    out, _ = report(runs, "tiny-qwen2", tmp_path, MODEL_ID="Org/tiny-qwen2")
+    config = yaml.safe_load((out / "tests/e2e/models/configs/tiny-qwen2.yaml").read_text())
+    assert config["model_name"] == "Org/tiny-qwen2" and config["hardware"] == "Atlas A2 Series"
+    text = (out / "report.zh.md").read_text(encoding="utf-8")
+    assert "模型 id：`Org/tiny-qwen2`（来源：`MODEL_ID`）" in text and "按 `tp=1` 推定" in text
