@@ -55,7 +55,8 @@ def require_identity(repo: Path) -> tuple[str, str]:
     if not name or not email:
         missing = " and ".join(k for k, v in (("user.name", name), ("user.email", email)) if not v)
         raise UsageError(f"git {missing} not set in {repo}: the Signed-off-by line needs them",
-                         f"git -C {repo} config user.name 'Your Name' && git -C {repo} config user.email you@example.com")
+                         f"git -C {repo} config user.name 'Your Name' && "
+                         f"git -C {repo} config user.email you@example.com")
     return name, email
 
 
@@ -111,9 +112,22 @@ def prepare(settings: Settings, model: Model) -> Delivery:
     return delivery
 
 
-def _title(model: Model, has_code: bool) -> str:
-    """Upstream's title prefixes: [Model] when the commit carries model code, else [Doc][Model]."""
-    return f"[Model] Support {model.name}" if has_code else f"[Doc][Model] Add {model.name} tutorial and accuracy config"
+def message(delivery: Delivery, staged: list[str], code_paths: list[str], patch: Path | None,
+            evidence: dict[str, Any]) -> tuple[str, str]:
+    """(title, full message) in upstream's style: [Model] when the commit carries model code,
+    else [Doc][Model]; each staged file with its role; the evidence summary."""
+    model = delivery.model.name
+    has_code = any(path in staged for path in code_paths)
+    title = f"[Model] Support {model}" if has_code else f"[Doc][Model] Add {model} tutorial and accuracy config"
+    roles = {delivery.yaml_rel: "e2e accuracy config (values measured with lm-eval)",
+             delivery.doc_rel: f"tutorial ({delivery.docs.kind} docs)",
+             delivery.nav_rel: "navigation entry of the tutorial",
+             NIGHTLY_LIST: "the config in the nightly accuracy list"}
+    files = [{"path": p, "role": roles.get(p) or delivery.code.kinds.get(p, "model code" if p in code_paths else "")}
+             for p in staged]
+    text = render("commit_message.txt.j2", title=title, has_code=has_code, staged=files, vllm=delivery.code.vllm,
+                  vllm_patch=patch.name if patch else None, left_out=delivery.code.left_out, e=evidence)
+    return title, text
 
 
 def commit(delivery: Delivery, files: dict[str, Path], signed_off: bool, missing: str,
@@ -133,9 +147,9 @@ def commit(delivery: Delivery, files: dict[str, Path], signed_off: bool, missing
         target = repo / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-    text, changed = add_nav_entry(delivery.docs, model, model)
+    nav_text, changed = add_nav_entry(delivery.docs, model, model)
     if changed:
-        ev.atomic_write_text(delivery.docs.nav_file, text)
+        ev.atomic_write_text(delivery.docs.nav_file, nav_text)
     written = [delivery.yaml_rel, delivery.doc_rel, delivery.nav_rel]
     if add_nightly_entry(repo, f"{model}.yaml"):
         written.append(NIGHTLY_LIST)
@@ -143,17 +157,8 @@ def commit(delivery: Delivery, files: dict[str, Path], signed_off: bool, missing
     staged = gitrepo.git(repo, "diff", "--cached", "--name-only").split()
     if not staged:
         raise UsageError(f"nothing to commit in {repo}: the delivery is already there", "nothing to do")
-    has_code = any(path in staged for path in code_paths)
-    title = _title(delivery.model, has_code)
-    roles = {delivery.yaml_rel: "e2e accuracy config (values measured with lm-eval)",
-             delivery.doc_rel: f"tutorial ({delivery.docs.kind} docs)", delivery.nav_rel: "navigation entry of the tutorial",
-             NIGHTLY_LIST: "the config in the nightly accuracy list"}
-    message = render("commit_message.txt.j2", title=title, model=model, has_code=has_code,
-                     staged=[{"path": p, "role": roles.get(p) or delivery.code.kinds.get(p, "model code" if p in code_paths else "")}
-                             for p in staged],
-                     vllm=delivery.code.vllm, vllm_patch=patch.name if patch else None,
-                     left_out=delivery.code.left_out, e=evidence)
-    result = subprocess.run(["git", "-C", str(repo), "commit", "-s", "-q", "-F", "-"], input=message,
+    title, text = message(delivery, staged, code_paths, patch, evidence)
+    result = subprocess.run(["git", "-C", str(repo), "commit", "-s", "-q", "-F", "-"], input=text,
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise EnvironmentProblem(f"git commit failed: {(result.stderr or result.stdout).strip()[:300]}",
@@ -165,7 +170,8 @@ def commit(delivery: Delivery, files: dict[str, Path], signed_off: bool, missing
               "vllm_files": delivery.code.vllm, "left_out": delivery.code.left_out, "at": ev.utc_iso()}
     ev.atomic_write_json(delivery.model.runs_dir / DELIVER_RECORD, record)
     lines = [f"deliver: committed {head} in {repo} ({delivery.docs.kind} docs, code {delivery.code.mode}): {title}"]
-    lines += [f"  {line}" for line in gitrepo.git(repo, "show", "--name-status", "--format=", "HEAD").strip().splitlines()]
+    shown = gitrepo.git(repo, "show", "--name-status", "--format=", "HEAD").strip().splitlines()
+    lines += [f"  {line}" for line in shown]
     if patch:
         lines.append(f"  needs a vLLM change ({len(delivery.code.vllm)} files): {patch}")
     lines += [f"  left out (outside the minimal set): {item}" for item in delivery.code.left_out]

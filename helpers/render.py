@@ -33,7 +33,6 @@ from helpers.settings import Settings
 from helpers.templating import render
 
 
-
 # ============================================================================ context
 def build_context(settings: Settings, model: Model, *, docs_kind: str | None = None) -> dict[str, Any]:
     model_dir = model.runs_dir
@@ -152,7 +151,9 @@ def build_context(settings: Settings, model: Model, *, docs_kind: str | None = N
 def commit_evidence(ctx: dict[str, Any]) -> dict[str, Any]:
     """The evidence summary of the delivery commit message (English, upstream's style)."""
     def run(view: dict[str, Any] | None) -> dict[str, Any] | None:
-        return {"run": Path(view["run_dir"]).name, "step": view["step"], "features": view["features_on"]} if view else None
+        if view is None:
+            return None
+        return {"run": Path(view["run_dir"]).name, "step": view["step"], "features": view["features_on"]}
 
     accuracy = ctx["accuracy"]
     return {"model_id": ctx["model_id"], "backend": ctx["backend"],
