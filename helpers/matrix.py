@@ -48,7 +48,9 @@ def _row(status: str, *, evidence_line: str | None = None, record: dict[str, Any
             "log": _log_path(record) if record else None,
             "run_dir": record.get("run_dir") if record else None,
             "stage": record.get("stage") if record else None,
-            "reason": reason}
+            "reason": reason,
+            # a run with fewer layers than config.json is marked: it never signs off
+            "layers": layers.of_record(record).to_dict() if record else None}
 
 
 def not_run(reason: str) -> dict[str, Any]:
@@ -70,9 +72,7 @@ def stage_row(record: dict[str, Any] | None, step: str) -> dict[str, Any] | None
     else:
         cause = record.get("root_cause") or {}
         line = cause.get("text") or record.get("reason")
-    row = _row(verdict, evidence_line=line, record=record, reason=record.get("reason"))
-    row["layers"] = layers.of_record(record).to_dict()  # a reduced-layers PASS never signs off
-    return row
+    return _row(verdict, evidence_line=line, record=record, reason=record.get("reason"))
 
 
 def gate_row(record: dict[str, Any] | None, step: str) -> dict[str, Any]:

@@ -128,10 +128,13 @@ def test_a_layer_reduced_stage_b_pass_alone_cannot_be_delivered_and_a_full_layer
     assert "Stage B passed only with reduced layers (hf-overrides num_hidden_layers=1 of 2" in line
     assert "20261121T213000Z-stage-b" in line
     text = (model_dir / "deliverables/report.zh.md").read_text()
-    assert "没有通过的全层 Stage B" in text.splitlines()[2] and "`reduced-layers`（减层：--hf-overrides，1/2 层）" in text
+    assert "没有通过的全层 Stage B" in text.splitlines()[2] and "`reduced-layers`（减层：`--hf-overrides`，1/2 层）" in text
     matrix = json.loads((model_dir / "matrix.json").read_text())
     assert matrix["stages"]["stage-b"]["layers"]["reduced"] is True and matrix["sign_off"]["ok"] is False
-    assert "PASS (reduced-layers: hf-overrides, 1 of 2 layers)" in (model_dir / "matrix.md").read_text()
+    matrix_md = (model_dir / "matrix.md").read_text()
+    assert "PASS (reduced-layers: hf-overrides, 1 of 2 layers)" in matrix_md  # the Stage B row
+    assert "| eager | PASS (reduced-layers) |" in matrix_md  # and every other run's row
+    assert "| eager 回退 | 通过，`reduced-layers`" in text
     assert OVERRIDE not in (model_dir / "deliverables/runbook.zh.md").read_text()  # no command carries it
 
     head = git(repo, "rev-parse", "HEAD").stdout
