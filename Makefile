@@ -94,10 +94,10 @@ capacity: setup ## Capacity: baseline max-model-len x max-num-seqs, SWEEP cells,
 accuracy: setup ## Accuracy with lm-eval (TASKS, NUM_FEWSHOT, LIMIT, DATASET_DIR) -> accuracy.json
 	@scripts/accuracy.sh
 
-report: setup ## Render report.zh.md, runbook.zh.md, e2e YAML, tutorial, issue comment from evidence
+report: setup ## Render report.zh.md, runbook.zh.md, e2e YAML, tutorial, issue comment; exit 1 without a full-layer Stage B PASS
 	@scripts/report.sh
 
-deliver: setup ## Copy YAML + tutorial into DELIVERY_REPO and make exactly one signed commit
+deliver: setup ## One signed commit in DELIVERY_REPO: model code (changes.json), YAML, tutorial, nav; vLLM patch exported
 	@scripts/deliver.sh
 
 # --- tools

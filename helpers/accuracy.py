@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import box, profiles
+from helpers import box, profiles, runs
 from helpers import evidence as ev
 from helpers.e2e import serve_block
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EnvironmentProblem, Interrupted, UsageError
 from helpers.lifecycle import SignalGuard, serving
 from helpers.model import Model
-from helpers.plan import mask, plan_for
+from helpers.plan import Variant, mask, plan_for
 from helpers.readiness import Progress, base_url, probe_ready
 from helpers.serve import ServerRecord, recorded_servers, require_free_port, stop_child_group
 from helpers.settings import Settings
@@ -187,7 +187,10 @@ class AccuracyRun:
     def _serve_and_evaluate(self, progress: Progress) -> int:
         """Start a Stage B server for the run, run lm-eval against it, stop it."""
         assert self.run_dir is not None
-        plan = plan_for(self.profile, self.settings, self.model, "b")
+        documented = runs.documented_run(self.model.runs_dir) if self.settings.serve_as == "documented" else None
+        variant = Variant.of_record(documented.data) if documented else Variant()
+        plan = plan_for(self.profile, self.settings, self.model, "b", variant)
+        self.record["serve_from"] = documented.as_source() if documented else None
         header = (f"Server of {self.run_dir} (accuracy, Stage B plan, backend {self.profile.name}).\n"
                   "Written by the bring-up toolkit; runs the server in the foreground, Ctrl-C stops it.")
         command_sh = self.run_dir / "command.sh"
@@ -309,7 +312,7 @@ class AccuracyRun:
                                        "dataset_dir": str(self.dataset_dir) if self.dataset_dir else None},
             # How lm-eval was driven: plain completions, no chat template (the e2e YAML says so too).
             "apply_chat_template": False, "fewshot_as_multiturn": False,
-            "lm_eval_version": lm_eval_version(), "base_url": None, "serve": {},
+            "lm_eval_version": lm_eval_version(), "base_url": None, "serve": {}, "serve_from": None,
             "started_at": ev.utc_iso(), "finished_at": None, "verdict": None, "reason": None,
             "run_dir": str(self.run_dir),
         }
@@ -343,6 +346,8 @@ class AccuracyRun:
         choice = ServerChoice(url, served, argv, True, record.run_dir, record.is_alive_and_ours)
         self.record["server"] = {"reused": True, "run_dir": record.run_dir, "log": "serve.log",
                                  "command": record.command, "pid": record.pid}
+        self.record["serve_from"] = {"run_dir": record.run_dir, "step": evidence.get("step"), "reused": True,
+                                     "variant": (evidence.get("variant") or {}).get("name")}
         self.out(f"[accuracy {self.model_name}] using our running server on {url} (run {record.run_dir})")
         return self._run_lm_eval(choice, progress)
 

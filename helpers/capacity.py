@@ -20,10 +20,11 @@ import time
 from typing import Any, Callable
 
 from helpers import evidence as ev
-from helpers import loadgen, profiles
+from helpers import loadgen, profiles, runs
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted, UsageError
 from helpers.lifecycle import SignalGuard
 from helpers.model import Model
+from helpers.plan import Variant
 from helpers.settings import Settings
 from helpers.capacity_cell import CellRun, cell_key
 from helpers.stage import StageRequest
@@ -141,6 +142,9 @@ class CapacitySweep:
             raise UsageError(f"MAX_MODEL_LEN={self.target_len} leaves no room for prompts of a load with "
                              f"{self.output_len} output tokens", "test a longer length")
         self.force = settings.force
+        # Serve like the documented command (its feature flags/env), unless SERVE_AS=base.
+        self.serve_from = runs.documented_run(model.runs_dir) if settings.serve_as == "documented" else None
+        self.variant = Variant.of_record(self.serve_from.data) if self.serve_from else Variant()
         self.client = self._choose_client()
         self.signature = self._signature()
         self.model_dir = model.runs_dir
@@ -170,7 +174,8 @@ class CapacitySweep:
         """What makes two cells comparable: a changed backend, flags or load invalidates reuse."""
         parts = {"backend": self.profile.name, "model_path": str(self.model.checkpoint), "stage": self.settings.stage,
                  "tp": self.settings.tp, "dtype": self.settings.dtype, "extra_args": self.settings.extra_args,
-                 "output_len": self.output_len, "client": self.client}
+                 "output_len": self.output_len, "client": self.client,
+                 "variant": {"flags": self.variant.flags, "env": self.variant.env}}
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
 
     def _finished_cells(self) -> dict[str, dict[str, Any]]:
@@ -201,7 +206,7 @@ class CapacitySweep:
             return cell
         label = (f"capacity cell {index}/{total} max-num-seqs {max_num_seqs} max-model-len {max_model_len}"
                  if role == "sweep" else f"capacity practical-length check max-model-len {max_model_len}")
-        request = StageRequest(step=f"capacity-{key}", stage=self.settings.stage)
+        request = StageRequest(step=f"capacity-{key}", stage=self.settings.stage, variant=self.variant)
         run = CellRun(self.settings, self.model, request, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                       output_len=self.output_len, client=self.client, tokenizer=self._get_tokenizer(),
                       label=label, out=self.out)
@@ -268,6 +273,9 @@ class CapacitySweep:
         self.out(f"[capacity] {self.model_name}: max-num-seqs {' '.join(map(str, self.sweep))} at "
                  f"max-model-len {self.target_len} (theoretical {self.theoretical}), {self.output_len} output "
                  f"tokens per request, client {self.client}; results: {self.model_dir / 'capacity.json'}")
+        if self.serve_from is not None:
+            self.out(f"[capacity] serving like the documented run {self.serve_from.run_dir} "
+                     f"(variant {self.variant.name}: {' '.join(self.variant.flags) or 'no extra flags'})")
         if self.length_note:
             self.out(f"[capacity] note: {self.length_note}")
         baseline: dict[str, Any] | None = None
@@ -311,6 +319,7 @@ class CapacitySweep:
             "status": "interrupted" if self.interrupted else "done",
             "signature": self.signature,
             "tested_max_model_len": self.target_len,
+            "serve_from": self.serve_from.as_source() if self.serve_from else None,
             "length_note": self.length_note or None,
             "sweep": self.sweep,
             "output_len": self.output_len,

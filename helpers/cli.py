@@ -254,30 +254,34 @@ def accuracy_cmd() -> None:
 def report_cmd(out: Path | None) -> None:
     """Render the Chinese report and runbook, the e2e YAML, the tutorial (when DELIVERY_REPO is
     set: its docs system decides the syntax) and the issue comment, from recorded evidence (the
-    matrix is rebuilt from it first)."""
-    from helpers import deliver, matrix
+    matrix is rebuilt from it first). Exit 1 when the evidence does not sign off (no full-layer
+    Stage B PASS): the files are written and say so first."""
+    from helpers import matrix
+    from helpers.deliver_docs import detect_docs_system
+    from helpers.errors import SignOffRefused
     from helpers.render import render_all
 
     settings = _settings()
     model = _model(settings, evidence_only=True)
-    docs = changes = None
+    docs = None
     if settings.delivery_repo is not None:
         if not settings.delivery_repo.is_dir():
             raise UsageError(f"DELIVERY_REPO={str(settings.delivery_repo)!r} is not a directory",
                              "point it at a vllm-ascend checkout")
-        docs = deliver.detect_docs_system(settings.delivery_repo)
-        changes = deliver.staged_changes(docs.repo)
+        docs = detect_docs_system(settings.delivery_repo)
     matrix.write_matrix(model, settings.backend)
-    result = render_all(settings, model, out_dir=out, docs_kind=docs.kind if docs else None,
-                        delivery_changes=changes)
+    result = render_all(settings, model, out_dir=out, docs_kind=docs.kind if docs else None)
     for line in result.summary_lines():
         click.echo(line)
+    if not result.signed_off:
+        raise SignOffRefused(result.missing)
 
 
 @cli.command("deliver")
 def deliver_cmd() -> None:
-    """Copy the e2e YAML and tutorial (and the nav/toctree entry) into DELIVERY_REPO and make one
-    signed commit that also holds the code changes already staged there."""
+    """Make exactly one signed commit in DELIVERY_REPO with the model's vllm-ascend code (from
+    changes.json), the e2e YAML, the tutorial and its nav/toctree entry; export the vLLM root's
+    changes as a patch; then render the report and issue comment again with the commit hash."""
     from helpers import deliver, matrix
     from helpers.render import render_all
 
@@ -285,9 +289,10 @@ def deliver_cmd() -> None:
     model = _model(settings, evidence_only=True)
     delivery = deliver.prepare(settings, model)
     matrix.write_matrix(model, settings.backend)
-    rendered = render_all(settings, model, docs_kind=delivery.docs.kind,
-                          delivery_changes=deliver.staged_changes(delivery.repo))
-    for line in deliver.commit(delivery, rendered.files, rendered.signed_off):
+    rendered = render_all(settings, model, docs_kind=delivery.docs.kind)
+    lines = deliver.commit(delivery, rendered.files, rendered.signed_off, rendered.missing, rendered.evidence)
+    again = render_all(settings, model, docs_kind=delivery.docs.kind)  # now with the commit hash
+    for line in lines + [f"  report: {again.files['report']} (with the commit hash)"]:
         click.echo(line)
 
 

@@ -18,6 +18,10 @@ E2E_SCHEMA = Path(__file__).resolve().parent / "e2e_schema.yaml"
 # Where the deliverables go inside a vllm-ascend checkout (and under deliverables/, mirrored).
 E2E_DIR = "tests/e2e/models/configs"
 TUTORIAL_DIR = "docs/source/tutorials/models"
+# Under RUNS_DIR/<model>/: the record of the commit `make deliver` made, and the vLLM root's
+# changes, which cannot go into a vllm-ascend repository, as a patch.
+DELIVER_RECORD = "deliverables/deliver.json"
+VLLM_PATCH = "deliverables/vllm-changes.patch"
 
 # serve flags -> keys of the e2e YAML `serve:` block (ascend-facts.md section 5), with a type.
 SERVE_FLAGS: dict[str, tuple[str, str]] = {

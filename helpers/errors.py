@@ -39,6 +39,12 @@ class EnvironmentProblem(BringupError):
     exit_code = EXIT_ENV
 
 
+class SignOffRefused(BringupError):
+    """The evidence does not sign the bring-up off (no full-layer Stage B PASS) (exit 1)."""
+
+    exit_code = EXIT_FAIL
+
+
 class Interrupted(Exception):
     """Raised from a signal handler so that ``finally`` blocks stop our server."""
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import evidence as ev
+from helpers import layers, runs
 from helpers.model import Model
 from helpers.templating import render
 
@@ -47,7 +48,9 @@ def _row(status: str, *, evidence_line: str | None = None, record: dict[str, Any
             "log": _log_path(record) if record else None,
             "run_dir": record.get("run_dir") if record else None,
             "stage": record.get("stage") if record else None,
-            "reason": reason}
+            "reason": reason,
+            # a run with fewer layers than config.json is marked: it never signs off
+            "layers": layers.of_record(record).to_dict() if record else None}
 
 
 def not_run(reason: str) -> dict[str, Any]:
@@ -223,7 +226,15 @@ def build_matrix(model_runs: Path, model: str, backend: str = "") -> dict[str, A
         "false_ready": false_ready_cases(model_runs),
         "ladder": ladder_rows(model_runs),
         "capacity": capacity_summary(model_runs),
+        "sign_off": sign_off_summary(model_runs, model),
     }
+
+
+def sign_off_summary(model_runs: Path, model: str) -> dict[str, Any]:
+    """Whether the evidence signs off: a full-layer Stage B PASS (any run, not only the latest)."""
+    decision = runs.sign_off(runs.read_runs(model_runs), model)
+    return {"ok": decision.ok, "run_dir": str(decision.run.run_dir) if decision.run else None,
+            "missing": decision.missing or None}
 
 
 def exit_code(data: dict[str, Any]) -> int:
@@ -242,9 +253,12 @@ def render_markdown(data: dict[str, Any]) -> str:
 def render_terminal(data: dict[str, Any]) -> str:
     lines = [f"matrix {data['model']} ({data['backend']})"]
     for name, row in data["stages"].items():
-        lines.append(f"  {name:16s} {row['status'] if row else 'NOT_RUN'}")
+        reduced = " (reduced-layers)" if row and (row.get("layers") or {}).get("reduced") else ""
+        lines.append(f"  {name:16s} {row['status'] if row else 'NOT_RUN'}{reduced}")
     for name, row in data["features"].items():
         lines.append(f"  {name:16s} {row['status']:22s} {row['category4']}")
+    sign = data.get("sign_off") or {}
+    lines.append(f"  sign-off: {'yes, ' + str(sign.get('run_dir')) if sign.get('ok') else sign.get('missing')}")
     return "\n".join(lines)
 
 

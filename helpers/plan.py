@@ -28,6 +28,14 @@ class Variant:
     env: dict[str, str] = field(default_factory=dict)
     skip_requests: list[str] = field(default_factory=list)  # smoke requests the switch rules out
 
+    @classmethod
+    def of_record(cls, data: dict) -> "Variant":
+        """The variant a recorded run (evidence.json) served with: capacity and accuracy serve
+        like the documented run."""
+        recorded = data.get("variant") or {}
+        return cls(str(recorded.get("name") or "base"), list(recorded.get("flags") or []),
+                   dict(recorded.get("env") or {}))
+
 
 @dataclass
 class ServePlan:

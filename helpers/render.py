@@ -1,9 +1,11 @@
 """Deliverables from recorded evidence: no number is re-typed, every claim names its log.
 
-Inputs (all under RUNS_DIR/<model>/, each read by ONE adapter below so a key rename upstream is
-a one-line fix here): triage.json, <stamp>-<step>/evidence.json (+ command.sh, requests.jsonl,
-serve.log), matrix.json, capacity.json, latest-accuracy/accuracy.json. A missing file or key is
-rendered as "not run", never guessed.
+Inputs (all under RUNS_DIR/<model>/, each read by one adapter of helpers/render_inputs.py):
+triage.json, <stamp>-<step>/evidence.json (+ command.sh, requests.jsonl, serve.log), matrix.json,
+capacity.json, latest-accuracy/accuracy.json, changes.json and deliverables/deliver.json. A
+missing file or key is rendered as "not run", never guessed. The documented command is the
+validated feature-first one (helpers/runs.py passing_modes); the evidence signs off only with a
+full-layer Stage B PASS (runs.sign_off).
 
 Outputs (default RUNS_DIR/<model>/deliverables/): report.zh.md, runbook.zh.md,
 issue-comment.zh.md, tests/e2e/models/configs/<Model>.yaml and, when DELIVERY_REPO is set,
@@ -24,146 +26,15 @@ from typing import Any
 from helpers import evidence as ev
 from helpers.e2e import E2E_DIR, TUTORIAL_DIR, e2e_config, hardware_label, render_e2e_yaml, serve_block
 from helpers.model import Model
-from helpers.runs import NOT_RUN, dig as _dig, is_serving_run, latest, passing_modes, read_runs
+from helpers.render_inputs import (adapt_accuracy, adapt_capacity, adapt_changes, adapt_delivery, adapt_matrix,
+                                   adapt_triage, empty_row)
+from helpers.runs import Run, latest, passing_modes, read_runs, sign_off
 from helpers.settings import Settings
 from helpers.templating import render
 
 
-
-# ============================================================================ adapters
-# Each adapter reads one producer's file and returns a plain dict with fixed keys (None / empty
-# when absent). Templates and the rest of this module only ever see these shapes.
-
-def _read(path: Path) -> Any:
-    try:
-        return ev.read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
-def adapt_triage(model_dir: Path) -> dict[str, Any]:
-    """triage.json (helpers/triage.py). Reads both the nested shape of the triage branch
-    (config{...}, model{name,path}, features[list], parallel{...}) and the flat shape of
-    notes/schemas.md (architectures, moe, multimodal, features{id: {status, evidence}})."""
-    raw = _read(model_dir / "triage.json")
-    if not isinstance(raw, dict):
-        return {"present": False, "features": {}, "warnings": [], "errors": [], "multimodal": None,
-                "max_position_embeddings": None, "series": None, "hf_id": None}
-    cfg = raw.get("config") if isinstance(raw.get("config"), dict) else raw
-    model = raw.get("model")
-    moe = cfg.get("moe", raw.get("moe"))
-    mm = cfg.get("multimodal", raw.get("multimodal"))
-    quant = cfg.get("quantization", raw.get("quantization"))
-    mtp = raw.get("mtp") if isinstance(raw.get("mtp"), dict) else {"status": raw.get("mtp_status") or raw.get("mtp")}
-    features: dict[str, dict[str, Any]] = {}
-    listed = raw.get("features") or {}
-    items = listed.items() if isinstance(listed, dict) else ((f.get("id") or f.get("name"), f) for f in listed)
-    for key, value in items:
-        if key and isinstance(value, dict):
-            features[str(key).lower()] = {"category": value.get("category") or value.get("status"),
-                                          "evidence": value.get("evidence"), "name": value.get("name") or key}
-    parallel = raw.get("parallel") or raw.get("plan") or {}
-    return {
-        "present": True,
-        "name": _dig(model, "name") if isinstance(model, dict) else model,
-        "path": _dig(model, "path") if isinstance(model, dict) else raw.get("model_path"),
-        "architectures": cfg.get("architectures") or [],
-        "model_type": cfg.get("model_type"),
-        "torch_dtype": cfg.get("torch_dtype"),
-        "quantization": (quant.get("method") or "yes") if isinstance(quant, dict) else quant,
-        "max_position_embeddings": cfg.get("max_position_embeddings"),
-        "num_hidden_layers": cfg.get("num_hidden_layers"),
-        "num_attention_heads": cfg.get("num_attention_heads"),
-        "num_key_value_heads": cfg.get("num_key_value_heads"),
-        "moe": moe.get("is_moe") if isinstance(moe, dict) else bool(moe),
-        "num_experts": moe.get("num_experts") if isinstance(moe, dict) else cfg.get("num_experts"),
-        "multimodal": mm.get("is_multimodal") if isinstance(mm, dict) else bool(mm),
-        "mtp_status": mtp.get("status"),
-        "mtp_evidence": mtp.get("evidence"),
-        "registered": _dig(raw, "registry", "status"),
-        "tp": parallel.get("tp"),
-        "npus": parallel.get("npu_count", parallel.get("npus")),
-        "series": parallel.get("series"),
-        "features": features,
-        "warnings": list(raw.get("warnings") or []),
-        "errors": list(raw.get("errors") or []),
-        "hf_id": raw.get("hf_id") or cfg.get("_name_or_path"),
-    }
-
-
-def _row(value: Any) -> dict[str, Any]:
-    """One matrix ROW (schemas.md) with every key present."""
-    value = value if isinstance(value, dict) else {}
-    return {"status": value.get("status") or NOT_RUN, "category4": value.get("category4") or "not-run",
-            "evidence_line": value.get("evidence_line"), "log": value.get("log"),
-            "run_dir": value.get("run_dir"), "stage": value.get("stage"), "reason": value.get("reason")}
-
-
-def adapt_matrix(model_dir: Path) -> dict[str, Any]:
-    """matrix.json (helpers/matrix.py, `make matrix`)."""
-    raw = _read(model_dir / "matrix.json")
-    if not isinstance(raw, dict):
-        return {"present": False, "stages": {}, "features": {}, "dummy_vs_real": [], "false_ready": [], "ladder": []}
-    return {
-        "present": True,
-        "generated_at": raw.get("generated_at"),
-        "stages": {name: _row(row) for name, row in (raw.get("stages") or {}).items() if row},
-        "features": {name: _row(row) for name, row in (raw.get("features") or {}).items()},
-        "dummy_vs_real": [{"check": r.get("check"), "stage_a": r.get("stage_a") or NOT_RUN,
-                           "stage_b": r.get("stage_b") or NOT_RUN, "note": r.get("note") or ""}
-                          for r in raw.get("dummy_vs_real") or []],
-        "false_ready": [{"step": r.get("step"), "run_dir": r.get("run_dir"), "root_cause": r.get("root_cause"),
-                         "line_no": r.get("line_no")} for r in raw.get("false_ready") or []],
-        "ladder": [{"rung": r.get("rung"), "verdict": r.get("verdict"), "run_dir": r.get("run_dir"),
-                    "category": r.get("category")} for r in raw.get("ladder") or []],
-    }
-
-
-def adapt_capacity(model_dir: Path) -> dict[str, Any]:
-    """capacity.json (helpers/capacity.py, `make capacity`)."""
-    raw = _read(model_dir / "capacity.json")
-    if not isinstance(raw, dict):
-        return {"present": False, "theoretical_max_len": None, "practical_max_len": None,
-                "practical_source": None, "headline": None, "cells": []}
-    cells = []
-    for cell in raw.get("cells") or []:
-        metrics = cell.get("metrics") or {}
-        cells.append({"max_num_seqs": cell.get("max_num_seqs"), "max_model_len": cell.get("max_model_len"),
-                      "verdict": cell.get("verdict") or NOT_RUN, "run_dir": cell.get("run_dir"),
-                      "kv_cache_tokens": cell.get("kv_cache_tokens"), "max_concurrency": cell.get("max_concurrency"),
-                      "completed": cell.get("completed"), "failed": cell.get("failed"),
-                      "output_throughput": metrics.get("output_throughput"),
-                      "mean_ttft_ms": metrics.get("mean_ttft_ms"), "mean_tpot_ms": metrics.get("mean_tpot_ms")})
-    return {"present": True, "theoretical_max_len": raw.get("theoretical_max_len"),
-            "practical_max_len": raw.get("practical_max_len"), "practical_source": raw.get("practical_source"),
-            "headline": raw.get("headline"), "cells": cells}
-
-
-def adapt_accuracy(model_dir: Path) -> dict[str, Any]:
-    """latest-accuracy/accuracy.json (helpers/accuracy.py, `make accuracy`)."""
-    path = model_dir / "latest-accuracy" / "accuracy.json"
-    raw = _read(path)
-    if not isinstance(raw, dict):
-        return {"present": False, "verdict": None, "reason": None, "tasks": [], "lm_eval_version": None,
-                "base_url": None, "serve": {}, "run_dir": None, "log": None, "apply_chat_template": False,
-                "fewshot_as_multiturn": False, "backend": None, "finished_at": None}
-    run_dir = path.resolve().parent
-    tasks = [{"name": t.get("name"), "num_fewshot": t.get("num_fewshot"), "limit": t.get("limit"),
-              "samples": t.get("samples"),
-              "metrics": [{"name": k, "value": v} for k, v in (t.get("metrics") or {}).items()]}
-             for t in raw.get("tasks") or []]
-    return {"present": True, "verdict": raw.get("verdict"), "reason": raw.get("reason"), "tasks": tasks,
-            "lm_eval_version": raw.get("lm_eval_version"), "base_url": raw.get("base_url"),
-            "serve": raw.get("serve") or {}, "run_dir": str(run_dir),
-            "log": str(run_dir / _dig(raw, "lm_eval", "log", default="lm_eval.log")),
-            "apply_chat_template": raw.get("apply_chat_template", False),
-            "fewshot_as_multiturn": raw.get("fewshot_as_multiturn", False),
-            "backend": raw.get("backend"), "finished_at": raw.get("finished_at")}
-
-
 # ============================================================================ context
-def build_context(settings: Settings, model: Model, *, docs_kind: str | None = None,
-                  delivery_changes: list[str] | None = None) -> dict[str, Any]:
+def build_context(settings: Settings, model: Model, *, docs_kind: str | None = None) -> dict[str, Any]:
     model_dir = model.runs_dir
     triage = adapt_triage(model_dir)
     matrix = adapt_matrix(model_dir)
@@ -173,7 +44,7 @@ def build_context(settings: Settings, model: Model, *, docs_kind: str | None = N
     modes = passing_modes(runs)
     stage_a = latest(runs, lambda r: r.step == "stage-a")
     stage_b = latest(runs, lambda r: r.step == "stage-b")
-    stage_b_pass = latest(runs, lambda r: r.stage == "b" and r.verdict == "PASS" and is_serving_run(r))
+    decision = sign_off(runs, model.name)
     primary = modes.primary
     multimodal = bool(triage.get("multimodal")) if triage["present"] else bool(
         primary and primary.data.get("multimodal"))
@@ -208,18 +79,23 @@ def build_context(settings: Settings, model: Model, *, docs_kind: str | None = N
     features = matrix["features"] if matrix["present"] else {}
     feature_rows = []
     for fid in ("aclgraph", "ep", "flashcomm1", "mtp", "multimodal"):
-        row = features.get(fid) or _row(None)
+        row = features.get(fid) or empty_row()
         triage_feature = triage["features"].get(fid) or {}
         feature_rows.append({"id": fid, **row, "triage_category": triage_feature.get("category"),
                              "triage_evidence": triage_feature.get("evidence")})
     extra_rows = [{"id": fid, **row, "triage_category": None, "triage_evidence": None} for fid, row in features.items()
                   if fid not in {r["id"] for r in feature_rows}]
     theoretical = capacity.get("theoretical_max_len") or triage.get("max_position_embeddings")
+    model_id, model_id_source = (settings.model_id, "MODEL_ID") if settings.model_id else (
+        (triage["hf_id"], triage["hf_id_source"]) if triage.get("hf_id") else (name, "directory-name"))
+    hardware, hardware_source = _hardware(triage.get("series"), primary)
+    model_path = primary.data.get("model_path") if primary else None
     ctx = {
         "model": name,
         "evidence_architectures": next((r.data.get("architectures") for r in reversed(runs)
                                         if r.data.get("architectures")), None) or [],
-        "model_id": settings.model_id or triage.get("hf_id") or name,
+        "model_id": model_id,
+        "model_id_source": model_id_source,
         "generated_at": max([r.data.get("finished_at") or r.data.get("started_at") or "" for r in runs]
                             + [accuracy.get("finished_at") or ""]) or None,
         "runs_dir": str(model_dir),
@@ -228,7 +104,10 @@ def build_context(settings: Settings, model: Model, *, docs_kind: str | None = N
         "versions": versions,
         "vllm_ascend_version": versions.get("vllm-ascend"),
         "multimodal": multimodal,
-        "hardware": hardware_label(triage.get("series")) if backend == "ascend" else None,
+        "hardware": hardware,
+        "hardware_source": hardware_source,
+        "model_path": model_path,
+        "model_mount": str(Path(model_path).parent) if model_path else None,
         "triage": triage,
         "matrix": matrix,
         "capacity": capacity,
@@ -246,7 +125,10 @@ def build_context(settings: Settings, model: Model, *, docs_kind: str | None = N
         "failures": [v for v in all_views if v["verdict"] == "FAIL"],
         "stage_a": stage_a.view() if stage_a else None,
         "stage_b": stage_b.view() if stage_b else None,
-        "stage_b_signed_off": stage_b_pass is not None,
+        "stage_b_signed_off": decision.ok,
+        "sign_off_missing": decision.missing,
+        "signing": decision.run.view() if decision.run else None,
+        "reduced": modes.reduced.view() if modes.reduced else None,
         "primary": primary.view() if primary else None,
         "primary_lines": primary.command_lines() if primary else [],
         "primary_is_fallback": modes.primary_is_fallback,
@@ -259,10 +141,40 @@ def build_context(settings: Settings, model: Model, *, docs_kind: str | None = N
         "served_name": primary.data.get("served_name") if primary else None,
         "log_paths": log_paths,
         "docs": docs_kind,
-        "delivery_changes": delivery_changes,
+        "changes": adapt_changes(model_dir),
+        "delivery": adapt_delivery(model_dir),
     }
     ctx["e2e"] = e2e_config(ctx)
     return ctx
+
+
+def commit_evidence(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The evidence summary of the delivery commit message (English, upstream's style)."""
+    def run(view: dict[str, Any] | None) -> dict[str, Any] | None:
+        if view is None:
+            return None
+        return {"run": Path(view["run_dir"]).name, "step": view["step"], "features": view["features_on"]}
+
+    accuracy = ctx["accuracy"]
+    return {"model_id": ctx["model_id"], "backend": ctx["backend"],
+            "hardware": ctx["hardware"] if ctx["on_npu"] else None,
+            "versions": {k: ctx["versions"].get(k) for k in ("vllm", "vllm-ascend") if ctx["versions"].get(k)},
+            "signing": run(ctx["signing"]), "documented": run(ctx["primary"]),
+            "features": [{"id": f["id"], "category4": f["category4"]} for f in ctx["feature_rows"]],
+            "accuracy": ({"version": accuracy["lm_eval_version"], "tasks": accuracy["tasks"]}
+                         if accuracy["present"] and accuracy["verdict"] == "PASS" else None),
+            "capacity": ctx["capacity"]["headline"]}
+
+
+def _hardware(series: str | None, primary: Run | None) -> tuple[str, str]:
+    """The e2e YAML's `hardware`, always set: the Atlas series triage saw on the box; without one,
+    the series the workflow's TP implies (A3 runs TP 16, A2 TP 8), and the report says so."""
+    label = hardware_label(series)
+    if label:
+        return label, "triage"
+    argv = primary.argv if primary else []
+    tp = int(argv[argv.index("--tensor-parallel-size") + 1]) if "--tensor-parallel-size" in argv else 1
+    return ("Atlas A3 Series" if tp > 8 else "Atlas A2 Series"), f"tp={tp}"
 
 
 def _with_fallback(lines: list[str], flag: str | None, env: str | None) -> list[str]:
@@ -294,22 +206,27 @@ class RenderResult:
     files: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     signed_off: bool = False
+    missing: str = ""  # why the evidence does not sign off (one line)
+    evidence: dict[str, Any] = field(default_factory=dict)  # the delivery commit's evidence summary
 
     def summary_lines(self) -> list[str]:
-        lines = [f"report: {'Stage B evidence present' if self.signed_off else 'NO passing Stage B evidence: the report says so first'}"]
+        state = ("full-layer Stage B PASS: signed off" if self.signed_off
+                 else "NO full-layer Stage B PASS: the report says so first")
+        lines = [f"report: {state}"]
         lines += [f"  {name}: {path}" for name, path in self.files.items()]
         lines += [f"  note: {note}" for note in self.notes]
         return lines
 
 
-def render_all(settings: Settings, model: Model, out_dir: Path | None = None, *, docs_kind: str | None = None,
-               delivery_changes: list[str] | None = None) -> RenderResult:
+def render_all(settings: Settings, model: Model, out_dir: Path | None = None, *,
+               docs_kind: str | None = None) -> RenderResult:
     """Render every deliverable from the evidence of `model` (its matrix.json included: `make
     report` writes that first). docs_kind (mkdocs | myst, from the delivery repo) decides the
     tutorial's syntax; without it no tutorial is written."""
-    ctx = build_context(settings, model, docs_kind=docs_kind, delivery_changes=delivery_changes)
+    ctx = build_context(settings, model, docs_kind=docs_kind)
     out = Path(out_dir) if out_dir else model.runs_dir / "deliverables"
-    result = RenderResult(out, signed_off=ctx["stage_b_signed_off"])
+    result = RenderResult(out, signed_off=ctx["stage_b_signed_off"], missing=ctx["sign_off_missing"],
+                          evidence=commit_evidence(ctx))
 
     def write(name: str, relative: str, text: str) -> None:
         if relative.endswith(".md"):
@@ -332,6 +249,7 @@ def render_all(settings: Settings, model: Model, out_dir: Path | None = None, *,
     ev.atomic_write_json(out / "deliverables.json", {
         "model": ctx["model"], "generated_at": ctx["generated_at"], "docs": ctx["docs"],
         "stage_b_signed_off": ctx["stage_b_signed_off"],
+        "signing_run": (ctx["signing"] or {}).get("run_dir"),
         "files": {name: str(path.relative_to(out)) for name, path in result.files.items()},
         "log_paths": ctx["log_paths"],
     })

@@ -66,7 +66,7 @@ def entries(catalog_path: str | Path | None = None) -> list[Entry]:
         found.append(Entry(
             id=sig.id, category=sig.category, severity=sig.severity, stage=sig.stage, regex=sig.regex,
             hint_zh=sig.hint_zh, rung=rung, rung_command=_fill(step.get("command", "")),
-            rung_why=_fill(step.get("why", "")), example=sig.example, generic=sig.generic,
+            rung_why=_fill(step.get("why_zh", "")), example=sig.example, generic=sig.generic,
             specificity=sig.specificity, example_source=sig.example_source, fact=sig.fact or "",
             fact_holds=_holds(fact),
         ))
@@ -83,7 +83,7 @@ def context(catalog_path: str | Path | None = None) -> dict[str, Any]:
         "source": "helpers/signatures.yaml" if catalog_path is None else str(catalog_path),
         "groups": groups,
         "count": len(listed),
-        "rungs": {name: {"command": _fill(v.get("command", "")), "why": _fill(v.get("why", ""))}
+        "rungs": {name: {"command": _fill(v.get("command", "")), "why": _fill(v.get("why_zh", ""))}
                   for name, v in catalog.rungs.items() if name != "none"},
         "example": EXAMPLE,
     }

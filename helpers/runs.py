@@ -1,6 +1,7 @@
 """Recorded runs of a model as objects: every <stamp>-<step>/evidence.json with the files beside
 it (command.sh, requests.jsonl, serve.log), and the views the deliverables and the status need:
-the latest run of a step, the passing modes, which run is a fallback.
+the latest run of a step, the passing modes, which run is a fallback, which features a run had
+on, whether it used every layer, and whether the evidence signs off.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from helpers import evidence as ev
+from helpers import layers as layer_use
 
 NOT_RUN = "NOT_RUN"
 FALLBACK_KINDS = ("eager", "dynamo", "text-only")
@@ -67,6 +69,32 @@ class Run:
             return "eager"
         return None
 
+    @property
+    def layers(self) -> layer_use.LayerUse:
+        return layer_use.of_record(self.data)
+
+    @property
+    def features_on(self) -> tuple[str, ...]:
+        """The default-set features this run had switched on (and, for the graph, proved)."""
+        argv, on = self.argv, []
+        if (self.data.get("graph") or {}).get("status") == "PASS":
+            on.append("aclgraph")
+        if "--enable-expert-parallel" in argv:
+            on.append("ep")
+        if any("FLASHCOMM" in key and value == "1" for key, value in self.env.items()) or any(
+                "enable_flashcomm1" in arg and "true" in arg for arg in argv):
+            on.append("flashcomm1")
+        if any(arg.split("=", 1)[0] == "--speculative-config" for arg in argv):
+            on.append("mtp")
+        return tuple(on)
+
+    def as_source(self) -> dict[str, Any]:
+        """How capacity.json and accuracy.json name the run they served like."""
+        variant = self.data.get("variant") or {}
+        return {"run_dir": str(self.run_dir), "step": self.step, "variant": variant.get("name") or "base",
+                "flags": list(variant.get("flags") or []), "env": dict(variant.get("env") or {}),
+                "features_on": list(self.features_on)}
+
     def command_lines(self) -> list[str]:
         """command.sh as a terminal would take it: no shebang, comments, strict mode or exec."""
         try:
@@ -104,6 +132,8 @@ class Run:
             "category": d.get("category"), "reason": d.get("reason"), "run_dir": str(self.run_dir),
             "log": str(self.log), "log_exists": self.log.is_file(), "started_at": d.get("started_at"),
             "fallback": self.fallback_kind, "feature": d.get("feature"),
+            "layers": self.layers.to_dict(), "layers_text": self.layers.describe(),
+            "features_on": list(self.features_on),
             "no_server": d.get("server_started") is False,
             "root_cause": ({"line_no": cause.get("line_no"), "text": cause.get("text"),
                             "sig_id": cause.get("sig_id"), "category": cause.get("category")} if cause else None),
@@ -141,17 +171,23 @@ class Modes:
     eager: Run | None
     dynamo: Run | None
     text_only: Run | None
+    reduced: Run | None  # the newest passing layer-reduced Stage B run (never documented)
 
 
 def passing_modes(runs: list[Run]) -> Modes:
-    """The docs follow the latest passing Stage B mode; fallbacks (eager, TORCHDYNAMO_DISABLE,
-    text-only) are the primary only when no other mode passed."""
+    """The documented command is the validated feature-first one: among the passing full-layer
+    Stage B runs, the one with the most default-set features on (graph + EP + MTP where they
+    passed), the newest on a tie. Fallbacks (eager, TORCHDYNAMO_DISABLE, text-only) are the
+    primary only when no other mode passed; a layer-reduced run never is."""
     passing = [r for r in runs if is_serving_run(r) and r.verdict == "PASS"]
-    normal = [r for r in passing if r.fallback_kind is None]
-    fallback = {kind: latest(passing, lambda r, k=kind: r.fallback_kind == k) for kind in FALLBACK_KINDS}
-    primary = normal[-1] if normal else (passing[-1] if passing else None)
+    full = [r for r in passing if not r.layers.reduced]
+    normal = [r for r in full if r.fallback_kind is None]
+    fallback = {kind: latest(full, lambda r, k=kind: r.fallback_kind == k) for kind in FALLBACK_KINDS}
+    # max() keeps the first of equal keys: iterate newest first so a tie goes to the newest run
+    primary = max(reversed(normal), key=lambda r: len(r.features_on)) if normal else (full[-1] if full else None)
+    reduced = latest(passing, lambda r: r.layers.reduced)
     return Modes(primary, bool(primary and primary.fallback_kind), fallback["eager"], fallback["dynamo"],
-                 fallback["text-only"])
+                 fallback["text-only"], reduced)
 
 
 def recorded_contexts(model_dir: Path) -> list[dict[str, Any]]:
@@ -178,3 +214,33 @@ def first_seen_heads(model_dir: Path) -> dict[str, str]:
             if path and head and (path not in seen or record["generated_at"] < seen[path][0]):
                 seen[path] = (record["generated_at"], head)
     return {path: head for path, (_when, head) in seen.items()}
+
+
+@dataclass
+class SignOff:
+    """Whether the evidence signs the bring-up off: a full-layer Stage B PASS, nothing less."""
+
+    ok: bool
+    run: Run | None       # the full-layer Stage B PASS that signs off
+    missing: str          # one line: which full-layer run is missing (empty when ok)
+
+
+def sign_off(runs: list[Run], model: str) -> SignOff:
+    modes = passing_modes(runs)
+    signing = latest(runs, lambda r: is_serving_run(r) and r.verdict == "PASS" and not r.layers.reduced)
+    if signing is not None:
+        return SignOff(True, signing, "")
+    command = f"make stage-b MODEL={model}"
+    if modes.reduced is not None:
+        why = (f"Stage B passed only with reduced layers ({modes.reduced.layers.describe()}, run "
+               f"{modes.reduced.run_dir}); run `{command}` with every layer")
+    else:
+        last = latest(runs, lambda r: r.stage == "b" and is_serving_run(r))
+        why = (f"the latest Stage B run is {last.verdict} ({last.run_dir}); run `{command}` until it passes"
+               if last else f"Stage B never ran (dummy evidence never signs off); run `{command}`")
+    return SignOff(False, None, f"sign-off refused for {model}: no full-layer Stage B PASS; {why}")
+
+
+def documented_run(model_dir: Path) -> Run | None:
+    """The run whose command the deliverables document (capacity and accuracy serve like it)."""
+    return passing_modes(read_runs(model_dir)).primary

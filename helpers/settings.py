@@ -169,6 +169,7 @@ class Settings:
     num_fewshot: int | None = None
     limit: int | float | None = None
     dataset_dir: Path | None = None
+    serve_as: str = "documented"
     delivery_repo: Path | None = None
     model_id: str = ""
     tiny_dir: Path | None = None
@@ -218,6 +219,8 @@ def load(overrides: dict[str, str | None] | None = None) -> Settings:
         num_fewshot=_fewshot(values),
         limit=_limit(values),
         dataset_dir=_path(values, "DATASET_DIR", base),
+        serve_as=_choice(values, "SERVE_AS", "documented", ("documented", "base"),
+                         "use SERVE_AS=documented (like the documented run) or base (the plain Stage B command)"),
         delivery_repo=_path(values, "DELIVERY_REPO", base),
         model_id=_text(values, "MODEL_ID"),
         tiny_dir=_path(values, "TINY_DIR", base),

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from helpers import context as context_check
-from helpers import profiles
+from helpers import layers, profiles
 from helpers import evidence as ev
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted
 from helpers.lifecycle import Session, SignalGuard, serving
@@ -106,6 +106,7 @@ class StageRun:
             "backend": self.profile.name,
             "multimodal": self.multimodal,
             "architectures": self.model.config.get("architectures"),
+            "layers": self._layers().to_dict(),
             "variant": {"name": self.request.variant.name, "flags": self.request.variant.flags,
                         "env": self.request.variant.env},
             "command": {"argv": self.plan.argv, "env": self.plan.env, "cwd": self.plan.cwd,
@@ -128,6 +129,13 @@ class StageRun:
             "run_dir": str(self.run_dir),
         }
         self._save()
+
+    def _layers(self) -> layers.LayerUse:
+        """Full or reduced layers (an --hf-overrides in the argv, a trimmed checkpoint)."""
+        config_layers = self.model.facts.num_hidden_layers
+        in_weights = (layers.weight_layer_count(self.model.checkpoint, config_layers)
+                      if self.request.stage == "b" else None)
+        return layers.assess(self.plan.argv, self.request.stage, config_layers, in_weights)
 
     # ------------------------------------------------------------------ watching
     def _pump(self) -> None:
@@ -329,6 +337,9 @@ class StageRun:
                 line += f"\n  hint: {diagnosis['hint_en']}\n  提示: {diagnosis['hint_zh']}"
             if diagnosis.get("next_command"):
                 line += f"\n  next: {diagnosis['next_command']}"
+        used = layers.of_record(rec)
+        if used.reduced:
+            line += f"\n  reduced-layers ({used.describe()}): smoke evidence only, a full-layer Stage B signs off"
         graph = rec.get("graph")
         if graph and graph.get("status") == "FAIL":
             line += f"\n  graph mode ({graph['name']}): FAIL, {graph['reason']}"

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import ascend_facts, parallel, profiles
+from helpers import ascend_facts, hf_id, layers, parallel, profiles
 from helpers import checkpoint as ckpt
 from helpers import coverage as coverage_check
 from helpers import evidence as ev
@@ -65,11 +65,14 @@ class TriageRecord:
     schema: str
     created_utc: str
     model: dict[str, Any]
+    hf_id: str | None
+    hf_id_source: str
     inventory: dict[str, Any]
     config: dict[str, Any]
     registry: dict[str, Any]
     trust_remote_code: dict[str, Any]
     weights: dict[str, Any]
+    layers: dict[str, Any]
     coverage: dict[str, Any]
     mtp: dict[str, Any]
     features: list[dict[str, Any]]
@@ -231,6 +234,11 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
     if is_fp8 and facts.quantization and facts.quantization["fp8"] and has_weights and not fp8_in_weights:
         warnings.append("config declares fp8 but no tensor is F8: weights were probably dequantised already")
 
+    in_weights = layers.count_layers(scan.tensors, facts.num_hidden_layers) if facts.num_hidden_layers else None
+    trimmed = bool(in_weights and facts.num_hidden_layers and in_weights < facts.num_hidden_layers)
+    if trimmed:
+        warnings.append(f"the weights hold {in_weights} of the {facts.num_hidden_layers} layers config.json declares "
+                        "(a trimmed checkpoint): Stage B on it is a reduced-layers smoke run and never signs off")
     mtp_names, mtp_layers = ckpt.mtp_tensor_names(sorted(scan.tensors), facts.num_hidden_layers)
     mtp = mtp_status(facts, mtp_layers, len(mtp_names), has_weights)
 
@@ -292,18 +300,21 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
         "unreadable_shards": scan.unreadable, "missing_shards": inventory.missing_shards,
         "index_mismatches": scan.index_mismatches[:50], "fp8": is_fp8,
     }
+    found_id, id_source = hf_id.find(directory, config, settings.model_id)
     config_block = asdict(facts)
     config_block["quantization_note"] = quantization_note
     record = TriageRecord(
         schema=SCHEMA,
         created_utc=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         model={"name": name, "path": str(directory), "requested": settings.model},
+        hf_id=found_id, hf_id_source=id_source,
         inventory={k: v for k, v in asdict(inventory).items() if k != "problems"}
         | {"file_count": len(inventory.files), "total_bytes": sum(f["bytes"] for f in inventory.files)},
         config=config_block,
         registry=asdict(registry),
         trust_remote_code=trust,
         weights=weights,
+        layers={"config": facts.num_hidden_layers, "weights": in_weights, "trimmed": trimmed},
         coverage=coverage.to_dict(),
         mtp=asdict(mtp),
         features=feature_list,

@@ -39,6 +39,8 @@ def render_table(record: dict[str, Any], rules: feature_rules.RuleSet | None = N
         rows.append((zh, key, str(value)))
 
     row("模型", "model", f"{record['model']['name']}  ({record['model']['path']})")
+    row("HF id", "hf_id", f"{record.get('hf_id') or '(none: the directory name is used)'}  "
+        f"({record.get('hf_id_source') or '?'})")
     row("架构", "architectures", f"{', '.join(c['architectures']) or '?'}  (model_type {c['model_type']})")
     row("vLLM 注册", "registered", f"{reg['status']}  (vllm {reg['vllm_version'] or '?'}"
         + (f"; {reg['detail']}" if reg["detail"] else "") + ")")
@@ -53,6 +55,10 @@ def render_table(record: dict[str, Any], rules: feature_rules.RuleSet | None = N
     row("层/头", "layers/heads/kv_heads/head_dim",
         f"{c['num_hidden_layers']} / {c['num_attention_heads']} / {c['num_key_value_heads']} / {c['head_dim']}"
         + (" (derived)" if c["head_dim_derived"] else "") + (" (MLA)" if c["mla"] else ""))
+    held = record.get("layers") or {}
+    if held.get("weights") is not None:
+        row("权重层数", "layers_in_weights", f"{held['weights']} of {held['config']}"
+            + (" (trimmed checkpoint: reduced-layers, never signs off)" if held.get("trimmed") else ""))
     moe = c["moe"]
     row("MoE", "moe", f"{moe['key']}={moe['num_experts']}, top-{moe['experts_per_token']}" if moe["is_moe"] else "dense")
     row("多模态", "multimodal", ", ".join(c["multimodal"]["keys"]) if c["multimodal"]["is_multimodal"] else "text-only")

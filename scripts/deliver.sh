@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Put the e2e YAML and the tutorial (plus the nav/toctree entry) into DELIVERY_REPO and make
-# exactly one signed commit holding them and the code changes already staged there.
+# Exactly one signed commit in DELIVERY_REPO: the model's vllm-ascend code listed in changes.json
+# (in place, or backported), the e2e YAML, the tutorial and its nav/toctree entry; the vLLM
+# root's changes exported as deliverables/vllm-changes.patch.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

@@ -61,7 +61,7 @@ def test_make_demo_runs_triage_both_stages_matrix_and_report(runs_dir):
     matrix = json.loads((model_runs / "matrix.json").read_text())
     assert matrix["stages"]["stage-a"]["status"] == matrix["stages"]["stage-b"]["status"] == "PASS"
     report = (model_runs / "deliverables" / "report.zh.md").read_text()
-    assert str(run_b / "serve.log") in report and "没有通过的 Stage B" not in report
+    assert str(run_b / "serve.log") in report and "没有通过的全层 Stage B" not in report
 
 
 def test_sigint_during_readiness_leaves_no_process_and_writes_interrupted(runs_dir, tiny_dense):

@@ -1,16 +1,20 @@
 """`make deliver` against small fake vllm-ascend checkouts (git init in a temp dir, MkDocs and
-MyST): exactly one signed commit holding the YAML, the tutorial, the nav/toctree entry and the
-code changes already staged; every refusal is one line with exit 2 and leaves the repo as it was."""
+MyST) and fake implementation roots with a changes.json fixture of `make changes`' shape:
+exactly one signed commit holding the model's vllm-ascend code, the YAML, the tutorial and the
+nav/toctree entry; the vLLM root's changes as a patch under deliverables/; every refusal is one
+line (exit 2, or 1 when the evidence does not sign off) and leaves the repo as it was."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from conftest import base_env, run_cli, run_make
 from helpers import deliver
-from tests.fixtures.fake_delivery import MKDOCS_YML, MYST_INDEX, copy_evidence, git, make_repo
+from tests.fixtures.fake_delivery import (MKDOCS_YML, MYST_INDEX, VLLM_FILES, copy_evidence, git, make_repo,
+                                          make_vllm_root, write_changes)
 
 
 @pytest.fixture
@@ -28,26 +32,41 @@ def commits_ahead(repo: Path) -> list[str]:
     return git(repo, "rev-list", "main..HEAD").stdout.split()
 
 
-def one_line_refusal(result, needle: str) -> None:
-    assert result.returncode == 2, (result.stdout, result.stderr)
+def one_line_refusal(result, needle: str, code: int = 2) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert needle in lines[0], lines[0]
 
 
+ASCEND_PATCH = {"root": "vllm-ascend", "path": "vllm_ascend/patch_model.py", "status": "added",
+                "kind": "vllm-ascend backend patch", "minimal": True}
+
+
+def with_code(runs: Path, model: str, repo: Path, tmp_path: Path) -> Path:
+    """The delivery repo IS the vllm-ascend root (a backend patch added there); a vLLM root with a
+    new model file and a registry edit; changes.json listing all three. Returns the vLLM root."""
+    (repo / "vllm_ascend/patch_model.py").write_text("# the minimal backend patch\n")
+    vllm_root = make_vllm_root(tmp_path)
+    write_changes(runs, model, {"vllm": vllm_root, "vllm-ascend": repo}, VLLM_FILES + [ASCEND_PATCH])
+    return vllm_root
+
+
 @pytest.mark.parametrize("kind, model", [("mkdocs", "tiny-qwen2"), ("myst", "tiny-vl")])
-def test_one_signed_commit_with_docs_yaml_nav_and_staged_code(runs, tmp_path, kind, model):
+def test_one_signed_commit_with_the_backend_patch_yaml_tutorial_nav_and_a_vllm_patch(runs, tmp_path, kind, model):
     repo = make_repo(tmp_path, kind)
-    (repo / "vllm_ascend/patch_model.py").write_text("# the minimal code change\n")
-    git(repo, "add", "vllm_ascend/patch_model.py")
+    vllm_root = with_code(runs, model, repo, tmp_path)
+    vllm_status = git(vllm_root, "status", "--porcelain").stdout
     result = run_make("deliver", deliver_env(runs, repo, model))
     assert result.returncode == 0, result.stderr
     ahead = commits_ahead(repo)
     assert len(ahead) == 1
     assert ahead[0] in result.stdout  # the hash is printed
     body = git(repo, "log", "-1", "--format=%B").stdout
-    assert "Signed-off-by: Test Engineer <test@example.com>" in body
-    assert f"Bringup-Model: {model}" in body
+    assert body.startswith(f"[Model] Support {model}\n")  # upstream's title prefix: the commit carries code
+    assert "### What this PR does / why we need it?" in body and "### How was this patch tested?" in body
+    assert "Stage B (real weights, every layer): PASS" in body
+    assert body.rstrip().endswith("Signed-off-by: Test Engineer <test@example.com>")  # no custom trailer
     files = set(git(repo, "show", "--name-only", "--format=", "HEAD").stdout.split())
     nav = "mkdocs.yml" if kind == "mkdocs" else "docs/source/tutorials/models/index.md"
     expected = {f"tests/e2e/models/configs/{model}.yaml", f"docs/source/tutorials/models/{model}.md",
@@ -60,6 +79,53 @@ def test_one_signed_commit_with_docs_yaml_nav_and_staged_code(runs, tmp_path, ki
     assert git(repo, "status", "--porcelain").stdout == ""
     delivered = (repo / f"docs/source/tutorials/models/{model}.md").read_text()
     assert delivered == (runs / model / f"deliverables/docs/source/tutorials/models/{model}.md").read_text()
+    # the vLLM root's changes cannot go into vllm-ascend: one patch under deliverables/, the root untouched
+    patch = runs / model / "deliverables/vllm-changes.patch"
+    text = patch.read_text()
+    assert "b/vllm/model_executor/models/tiny_new.py" in text and "b/vllm/model_executor/models/registry.py" in text
+    assert git(vllm_root, "apply", "--check", "-R", str(patch)).returncode == 0  # exactly the root's diff
+    assert git(vllm_root, "status", "--porcelain").stdout == vllm_status
+    assert "Needs a vLLM change" in body and "vllm/model_executor/models/tiny_new.py" in body
+    # the record of the commit, and the documents rendered again with its hash
+    record = json.loads((runs / model / "deliverables/deliver.json").read_text())
+    assert record["commit"] == ahead[0] and record["mode"] == "in-place"
+    report = (runs / model / "deliverables/report.zh.md").read_text()
+    assert ahead[0] in report and "需要 vLLM 改动" in report and "`vllm/model_executor/models/registry.py`" in report
+    assert ahead[0] in (runs / model / "deliverables/issue-comment.zh.md").read_text()
+
+
+def test_backport_into_a_repo_that_is_neither_root(runs, tmp_path):
+    """The vllm-ascend root's minimal diff (new and changed files, from its recorded base) is
+    applied to the delivery repo; a file outside the minimal set stays out; the root is untouched."""
+    root = make_repo(tmp_path / "impl", "mkdocs")
+    (root / "vllm_ascend/__init__.py").write_text("TINY = True\n")
+    (root / "vllm_ascend/ops").mkdir()
+    (root / "vllm_ascend/ops/tiny_op.py").write_text("def tiny_op():\n    return 1\n")
+    (root / "scratch.py").write_text("print('debug')\n")
+    write_changes(runs, "tiny-qwen2", {"vllm-ascend": root}, [
+        {"root": "vllm-ascend", "path": "vllm_ascend/__init__.py", "status": "modified", "kind": "vllm-ascend backend patch",
+         "minimal": True},
+        {"root": "vllm-ascend", "path": "vllm_ascend/ops/tiny_op.py", "status": "added", "kind": "vllm-ascend backend patch",
+         "minimal": True},
+        {"root": "vllm-ascend", "path": "scratch.py", "status": "added", "kind": "other", "minimal": False}])
+    repo = make_repo(tmp_path / "delivery", "mkdocs")
+    result = run_make("deliver", deliver_env(runs, repo))
+    assert result.returncode == 0, result.stderr
+    assert len(commits_ahead(repo)) == 1
+    files = set(git(repo, "show", "--name-only", "--format=", "HEAD").stdout.split())
+    assert {"vllm_ascend/__init__.py", "vllm_ascend/ops/tiny_op.py"} <= files and "scratch.py" not in files
+    assert (repo / "vllm_ascend/ops/tiny_op.py").read_text() == "def tiny_op():\n    return 1\n"
+    assert "left out (outside the minimal set): vllm-ascend: scratch.py" in result.stdout
+    assert json.loads((runs / "tiny-qwen2/deliverables/deliver.json").read_text())["mode"] == "backport"
+    assert not (runs / "tiny-qwen2/deliverables/vllm-changes.patch").exists()
+    assert "scratch.py" in git(root, "status", "--porcelain").stdout  # the root keeps its work
+
+
+def test_docs_only_commit_is_titled_as_docs(runs, tmp_path):
+    repo = make_repo(tmp_path, "mkdocs")
+    assert run_make("deliver", deliver_env(runs, repo)).returncode == 0
+    title = git(repo, "log", "-1", "--format=%s").stdout.strip()
+    assert title == "[Doc][Model] Add tiny-qwen2 tutorial and accuracy config"
 
 
 def test_mkdocs_nav_edit_inserts_one_line_and_is_idempotent(tmp_path):
@@ -92,7 +158,7 @@ def test_second_delivery_on_the_branch_is_refused(runs, tmp_path):
     assert run_make("deliver", env).returncode == 0
     first = commits_ahead(repo)
     (repo / "vllm_ascend/more.py").write_text("# a later fix\n")
-    git(repo, "add", "vllm_ascend/more.py")
+    write_changes(runs, "tiny-qwen2", {"vllm-ascend": repo}, [dict(ASCEND_PATCH, path="vllm_ascend/more.py")])
     result = run_cli(["deliver"], env, timeout=60)  # the CLI: make turns every failure into 2
     one_line_refusal(result, "already has a bring-up commit for tiny-qwen2")
     assert commits_ahead(repo) == first
@@ -108,16 +174,21 @@ def test_upstream_tracking_branch_counts_only_commits_ahead(runs, tmp_path):
     git(repo, "checkout", "-q", "-b", "bringup-2")
     git(repo, "branch", "-q", "--set-upstream-to=main")
     (repo / "vllm_ascend/fix.py").write_text("# follow-up\n")
-    git(repo, "add", "vllm_ascend/fix.py")
+    write_changes(runs, "tiny-qwen2", {"vllm-ascend": repo}, [dict(ASCEND_PATCH, path="vllm_ascend/fix.py")])
     result = run_make("deliver", deliver_env(runs, repo))
-    # Same files already delivered upstream: the new commit holds the staged code change only.
+    # Same files already delivered upstream: the new commit holds the listed code change only.
     assert result.returncode == 0, result.stderr
     assert git(repo, "rev-list", "--count", "main..HEAD").stdout.strip() == "1"
+    assert git(repo, "show", "--name-only", "--format=", "HEAD").stdout.split() == ["vllm_ascend/fix.py"]
 
 
 @pytest.mark.parametrize("case, needle", [
-    ("untracked", "unstaged or untracked changes outside the delivery: ?? notes.txt"),
-    ("unstaged", "unstaged or untracked changes outside the delivery: M vllm_ascend/__init__.py"),
+    ("untracked", "changes that are not part of this delivery: ?? notes.txt"),
+    ("unstaged", "changes that are not part of this delivery: M vllm_ascend/__init__.py"),
+    ("staged", "changes that are not part of this delivery: A vllm_ascend/stray.py"),
+    ("staged-unlisted", "changes that are not part of this delivery: A vllm_ascend/stray.py"),
+    ("committed", "vllm_ascend/patch_model.py is already committed on this branch"),
+    ("stale", "changes.json lists vllm_ascend/patch_model.py but DELIVERY_REPO has no change to it"),
     ("identity", "git user.name and user.email not set"),
     ("not-git", "is not a git repository"),
     ("no-docs", "cannot tell its docs system"),
@@ -129,6 +200,18 @@ def test_refusals_are_one_line_and_leave_the_repo_untouched(runs, tmp_path, case
         (repo / "notes.txt").write_text("scratch\n")
     if case == "unstaged":
         (repo / "vllm_ascend/__init__.py").write_text("x = 1\n")
+    if case.startswith("staged"):  # staged code that changes.json does not list (or no changes.json)
+        (repo / "vllm_ascend/stray.py").write_text("x = 1\n")
+        git(repo, "add", "vllm_ascend/stray.py")
+        if case == "staged-unlisted":
+            write_changes(runs, "tiny-qwen2", {"vllm-ascend": repo}, [ASCEND_PATCH])
+            (repo / "vllm_ascend/patch_model.py").write_text("# listed\n")
+    if case in ("committed", "stale"):
+        write_changes(runs, "tiny-qwen2", {"vllm-ascend": repo}, [ASCEND_PATCH])
+    if case == "committed":  # the code went into an earlier commit: the delivery would miss it
+        (repo / "vllm_ascend/patch_model.py").write_text("# committed too early\n")
+        git(repo, "add", "vllm_ascend/patch_model.py")
+        git(repo, "commit", "-q", "-m", "wip")
     target = repo
     if case == "not-git":
         target = tmp_path / "plain"
@@ -147,6 +230,6 @@ def test_refusals_are_one_line_and_leave_the_repo_untouched(runs, tmp_path, case
 def test_dummy_only_evidence_never_delivers(runs, tmp_path):
     repo = make_repo(tmp_path, "mkdocs")
     result = run_cli(["deliver"], deliver_env(runs, repo, "tiny-dummy-only"), timeout=60)
-    one_line_refusal(result, "tiny-dummy-only")
+    one_line_refusal(result, "sign-off refused for tiny-dummy-only: no full-layer Stage B PASS", code=1)
     assert commits_ahead(repo) == []
     assert "tiny-dummy-only" not in (repo / "mkdocs.yml").read_text()

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, base_env, free_port_between, run_cli
 from helpers import matrix, tinymodel
 
-SCHEMA_ROW = {"status", "category4", "evidence_line", "log", "run_dir", "stage", "reason"}
+SCHEMA_ROW = {"status", "category4", "evidence_line", "log", "run_dir", "stage", "reason", "layers"}
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +40,14 @@ def test_matrix_json_follows_the_schema_and_the_recorded_evidence(recorded):
     assert result.returncode == 1, "Stage B failed: all-features must fail"
     data = json.loads((runs / "tiny-moe" / "matrix.json").read_text())
     assert set(data) == {"model", "generated_at", "backend", "stages", "features", "dummy_vs_real",
-                         "false_ready", "ladder", "capacity"}
+                         "false_ready", "ladder", "capacity", "sign_off"}
     assert data["model"] == "tiny-moe" and data["backend"] == "fake"
     assert list(data["features"]) == ["aclgraph", "ep", "flashcomm1", "mtp", "multimodal", "eager",
                                       "dynamo-fallback", "text-only"]
     for row in [*data["features"].values(), *data["stages"].values()]:
         assert set(row) == SCHEMA_ROW
+    for row in data["stages"].values():  # rows of a run say whether it used every layer
+        assert row["layers"]["reduced"] is False
     f = data["features"]
     assert (f["ep"]["status"], f["ep"]["category4"]) == ("FAIL", "failed")
     assert "ep is not proven" in f["ep"]["reason"] and f["ep"]["log"].endswith("serve.log")

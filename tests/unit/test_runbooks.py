@@ -24,7 +24,7 @@ from helpers import profiles, render_signatures
 from helpers import gates
 from helpers.cli import cli
 from helpers.catalog import load_catalog
-from helpers.plan import Variant, build_plan
+from helpers.plan import Variant, build_plan, split_extra_args
 
 REPO = Path(__file__).resolve().parents[2]
 RUNBOOKS = REPO / "runbooks"
@@ -45,7 +45,9 @@ SERVER_ENV_PREFIXES = {"TORCHDYNAMO_DISABLE", "HCCL_OP_EXPANSION_MODE", "PYTORCH
 EXAMPLE = {"model": "/models/Qwen3-8B", "tp": "8", "max_model_len": "32768", "max_num_seqs": "",
            "stage": "b", "host": "127.0.0.1", "port": "8000"}
 # Golden blocks that must exist: removing one from the runbooks fails the test.
-REQUIRED_GOLDEN = {"stage-a", "stage-b", "eager", "dynamo-fallback", "text-only", "ep"}
+REQUIRED_GOLDEN = {"stage-a", "stage-b", "eager", "dynamo-fallback", "text-only", "ep", "reduced-layers"}
+# The layer override the runbooks show for a reduced-layers smoke run.
+REDUCTION = '{"num_hidden_layers":2}'
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)[ \t]*\n(?P<body>.*?)^```[ \t]*$", re.M | re.S)
 GOLDEN_MARK = re.compile(r"<!--\s*golden:\s*(?P<name>[\w-]+)(?P<attrs>(?:\s+[\w]+=\S+)*)\s*-->\s*$")
 INLINE_CODE = re.compile(r"(?P<fence>`+)(?P<code>.+?)(?P=fence)")
@@ -273,6 +275,8 @@ def golden_variant(name: str) -> tuple[str, Variant]:
         return "b", Variant(name, list(spec.flags), dict(spec.env))
     if name == "ep":
         return "b", Variant(name, list(rules["ep"]["flags"]))
+    if name == "reduced-layers":  # what EXTRA_ARGS adds for a layer-reduced smoke run
+        return "b", Variant(name, split_extra_args(f"--hf-overrides '{REDUCTION}'"))
     if name == "mtp":
         flags = [Template(f).substitute(mtp_config_layers=1) for f in rules["mtp"]["flags"]]
         return "b", Variant(name, flags)
@@ -318,6 +322,23 @@ def test_golden_serve_line_equals_the_ascend_plan(block: Block):
     assert written == expected_serve_line(block), (
         f"{block.where()} ({block.golden}): the runbook's serve command differs from the ascend profile's;"
         " update the runbook (or the profile) so they agree")
+
+
+def test_the_capacity_load_is_the_one_the_toolkit_sends():
+    """The plain-shell load of runbooks/06-capacity.md is loadgen's own `vllm bench serve` argv for
+    the golden cell (16 concurrent requests at the golden length, the profile's output length)."""
+    from helpers import loadgen
+
+    golden = next(b for b in golden_blocks() if b.golden == "capacity")
+    length = int(golden.golden_attrs["max_model_len"])
+    output_len = int(profiles.load("ascend").capacity["output_len"])
+    bench = next(line for b in shell_blocks() if b.path.name == "06-capacity.md"
+                 for line in logical_lines(b.body) if line.startswith("vllm bench serve"))
+    expected = loadgen.bench_serve_argv(url="http://127.0.0.1:8000", model_path=EXAMPLE["model"], served_name="Qwen3-8B",
+                                        input_len=length - output_len, output_len=output_len, num_prompts=16,
+                                        concurrency=16,
+                                        result_dir=".", result_filename="bench-serve.json", trust_remote_code=True)
+    assert bench.split() == expected
 
 
 def test_golden_comparison_notices_a_changed_flag():

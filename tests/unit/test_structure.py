@@ -20,12 +20,11 @@ LAYERS = {
     "data": {"errors", "settings", "evidence", "box", "templating", "checkpoint", "profiles", "model", "plan",
              "logscan", "features", "junit", "tinymodel", "e2e", "runs", "parallel", "triage_view", "coverage",
              "render_signatures", "catalog", "ascend_facts", "logline", "diagnosis",
-             "sourcetree", "npus"},
+             "sourcetree", "npus", "layers", "hf_id", "gitrepo", "changeset"},
     "server": {"serve", "readiness", "smoke", "lifecycle", "loadgen", "registry"},
-    "engine": {"stage", "triage",
-               "context"},
-    "steps": {"gates", "ladder", "matrix", "capacity", "capacity_cell", "accuracy", "render", "deliver",
-              "changes", "changes_registry", "status"},
+    "engine": {"stage", "triage", "context"},
+    "steps": {"gates", "ladder", "matrix", "capacity", "capacity_cell", "accuracy", "render", "render_inputs",
+              "deliver", "deliver_docs", "deliver_code", "changes", "changes_registry", "status"},
     "entry": {"cli", "__main__", "__init__"},
 }
 ORDER = list(LAYERS)
