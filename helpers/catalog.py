@@ -211,6 +211,27 @@ def build_catalog(data: dict[str, Any], where: str, facts: dict[str, Any] | None
     return Catalog(tuple(signatures), phases, stops, ignored, extractors, gates, rungs, graph)
 
 
+def double_quoted(text: str) -> str:
+    """A shell double-quoted word (what a person types: EXTRA_ARGS="--flag '{...}'")."""
+    return '"' + "".join("\\" + c if c in '"\\$`' else c for c in text) + '"'
+
+
+def fill_rung(entry: dict[str, Any], values: dict[str, Any], extra_args: str = "",
+              context_parallel: int = 1) -> dict[str, str]:
+    """A rung's command, why (and hint override) with {model} {port} {step} {max_model_len} filled;
+    {extra_args} is the run's own EXTRA_ARGS plus the rung's `extra_args`, quoted as one word.
+    A context-parallel run (pcp x dcp > 1) takes the rung's `context_parallel` variant."""
+    if context_parallel > 1 and entry.get("context_parallel"):
+        entry = {**entry, **entry["context_parallel"]}
+    extra = " ".join(part for part in (extra_args.strip(), str(entry.get("extra_args") or "")) if part)
+    filled = {**{k: str(v) for k, v in values.items()}, "extra_args": double_quoted(extra)}
+
+    def fill(text: str) -> str:
+        return re.sub(r"\{(\w+)\}", lambda m: filled.get(m.group(1), m.group(0)), text)
+
+    return {key: fill(str(entry.get(key) or "")) for key in ("command", "why", "hint_zh", "hint_en")}
+
+
 @lru_cache(maxsize=8)
 def _load_cached(path: str, mtime: float) -> Catalog:
     with open(path, encoding="utf-8") as fh:
