@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import ascend_facts, parallel, profiles
+from helpers import ascend_facts, graphmode, parallel, profiles
 from helpers import checkpoint as ckpt
 from helpers import coverage as coverage_check
 from helpers import evidence as ev
@@ -145,6 +145,7 @@ def feature_facts(profile: profiles.Profile, facts: ckpt.ConfigFacts, mtp: MtpSt
         "has_weights": has_weights,
         "tp": tp,
         "model_type": facts.model_type,
+        "architecture": (facts.architectures or [None])[0],
     }
 
 
@@ -249,6 +250,10 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
     plan, plan_warnings = parallel.plan_parallel(settings, profile.name, facts, weight_bytes, weight_source,
                                                  default_tp, facts_box.npu_smi(), facts_box.soc_version())
     warnings += plan_warnings
+    soft = profile.graph.get("soft_partition") or {}
+    seen = graphmode.soft_partition(soft, facts_box.device_view(soft.get("files") or [])) if soft else ""
+    if seen:  # say it before a run fails with stream exhaustion during capture
+        warnings.append(graphmode.soft_partition_warning(seen))
     has_qk_norm = (facts.model_type or "").startswith("qwen3") or expects_k_norm or any(
         n.endswith("k_norm.weight") for n in scan.tensors)
     if plan.kv_heads_replicated and has_qk_norm:
@@ -356,6 +361,8 @@ class TriageFacts:
     source: str  # "triage.json" | "in-process triage (no registry)"
     path: str | None
     created_utc: str | None
+    parallel: dict[str, Any] = field(default_factory=dict)  # triage's TP plan for this box
+    warnings: list[str] = field(default_factory=list)
 
 
 def _mtime_utc(path: Path) -> str:
@@ -412,4 +419,5 @@ def current_facts(settings: Settings, model: Model, backend: str,
     assessments = {f["id"]: f for f in record.get("features") or []}
     return TriageFacts(facts=record["feature_facts"], assessments=assessments,
                        versions=record.get("versions") or versions, source=source, path=where,
-                       created_utc=record.get("created_utc"))
+                       created_utc=record.get("created_utc"), parallel=record.get("parallel") or {},
+                       warnings=list(record.get("warnings") or []))

@@ -19,9 +19,9 @@ HELPERS = Path(__file__).resolve().parents[2] / "helpers"
 LAYERS = {
     "data": {"errors", "settings", "evidence", "box", "templating", "checkpoint", "profiles", "model", "plan",
              "logscan", "features", "junit", "tinymodel", "e2e", "runs", "parallel", "triage_view", "coverage",
-             "render_signatures", "catalog", "ascend_facts", "logline", "diagnosis"},
+             "render_signatures", "catalog", "ascend_facts", "logline", "diagnosis", "graphmode"},
     "server": {"serve", "readiness", "smoke", "lifecycle", "loadgen", "registry"},
-    "engine": {"stage", "triage"},
+    "engine": {"stage", "triage", "defaults"},
     "steps": {"gates", "ladder", "matrix", "capacity", "capacity_cell", "accuracy", "render", "deliver"},
     "entry": {"cli", "__main__", "__init__"},
 }
