@@ -46,6 +46,8 @@ def facts(scenario: Scenario) -> dict[str, Any]:
         "device_type": machine.get("device_type", ""),
         "modules": [str(m) for m in box.get("modules") or []],
         "markers": {str(k): bool(v) for k, v in (box.get("markers") or {}).items()},
+        # what a container on this machine shows of NPU sharing (a soft-partition runtime preloaded)
+        "device_view": dict(machine.get("device_view") or {}),
         "sources": {"box": box.get("source", ""), "machine": machine.get("source", "")},
     }
 
