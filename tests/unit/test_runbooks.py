@@ -44,7 +44,7 @@ SERVER_ENV_PREFIXES = {"TORCHDYNAMO_DISABLE", "HCCL_OP_EXPANSION_MODE", "PYTORCH
 EXAMPLE = {"model": "/models/Qwen3-8B", "tp": "8", "max_model_len": "32768", "max_num_seqs": "",
            "stage": "b", "host": "127.0.0.1", "port": "8000"}
 # Golden blocks that must exist: removing one from the runbooks fails the test.
-REQUIRED_GOLDEN = {"stage-a", "stage-b", "eager", "dynamo-fallback", "text-only", "ep"}
+REQUIRED_GOLDEN = {"stage-a", "stage-b", "eager", "dynamo-fallback", "text-only", "ep", "xlite"}
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)[ \t]*\n(?P<body>.*?)^```[ \t]*$", re.M | re.S)
 GOLDEN_MARK = re.compile(r"<!--\s*golden:\s*(?P<name>[\w-]+)(?P<attrs>(?:\s+[\w]+=\S+)*)\s*-->\s*$")
 INLINE_CODE = re.compile(r"(?P<fence>`+)(?P<code>.+?)(?P=fence)")
@@ -272,6 +272,8 @@ def golden_variant(name: str) -> tuple[str, Variant]:
         return "b", Variant(name, list(spec.flags), dict(spec.env))
     if name == "ep":
         return "b", Variant(name, list(rules["ep"]["flags"]))
+    if name == "xlite":
+        return "b", Variant(name, list(rules["xlite"]["flags"]))
     if name == "mtp":
         flags = [Template(f).substitute(mtp_config_layers=1) for f in rules["mtp"]["flags"]]
         return "b", Variant(name, flags)
