@@ -74,6 +74,8 @@ class Catalog:
     # Graph-mode fault categories by when they can happen: capture (startup), replay (after the
     # first request), either; the diagnosis reports which one a failure was.
     graph_categories: dict[str, frozenset[str]] = field(default_factory=dict)
+    # notes added to a hint in a given situation: {name: {zh, en}}
+    notes: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def by_id(self, sig_id: str) -> Signature:
         for sig in self.signatures:
@@ -208,7 +210,8 @@ def build_catalog(data: dict[str, Any], where: str, facts: dict[str, Any] | None
     if not isinstance(graph_raw, dict) or not set(graph_raw) <= {"capture", "replay", "either"}:
         raise ValueError(f"{where}: graph_categories must map capture / replay / either to category lists")
     graph = {str(k): frozenset(str(c) for c in v or []) for k, v in graph_raw.items()}
-    return Catalog(tuple(signatures), phases, stops, ignored, extractors, gates, rungs, graph)
+    notes = {str(k): {"zh": str(v["zh"]), "en": str(v["en"])} for k, v in (data.get("notes") or {}).items()}
+    return Catalog(tuple(signatures), phases, stops, ignored, extractors, gates, rungs, graph, notes)
 
 
 def double_quoted(text: str) -> str:

@@ -46,14 +46,19 @@ class Diagnosis:
         return 1 if self.verdict == "FAIL" else 0
 
 
+def _args(scanner: LogScanner) -> dict[str, Any]:
+    """The flags the server logged as `non-default args`."""
+    args = scanner.evidence.get("non_default_args")
+    return args if isinstance(args, dict) else {}
+
+
 def next_step(scanner: LogScanner, rung: str | None, model: str = "", port: int | None = None,
               step: str = "stage-b", extra_args: str = "") -> dict[str, str]:
     """The command, why (and a hint override) of a ladder rung, filled from the log's own
     evidence: the model, vLLM's estimated length, the port, and whether the run was context
     parallel (then the rung's context_parallel variant: no FULL graphs, fact cp-no-full-cudagraph)."""
     entry = scanner.catalog.rungs.get(rung or "none") or {}
-    args = scanner.evidence.get("non_default_args")
-    args = args if isinstance(args, dict) else {}
+    args = _args(scanner)
     if not model:
         model = Path(str(args.get("model", ""))).name or "<MODEL>"
     length = scanner.evidence.get("estimated_max_model_len")
@@ -125,6 +130,9 @@ def diagnosis_of(scanner: LogScanner, log: str = "", model: str = "", step: str 
     diag.next_command, diag.next_why = step_info["command"], step_info["why"]
     if step_info["hint_en"]:  # the rung's own advice for this run (e.g. context parallel: no FULL graphs)
         diag.hint_zh, diag.hint_en = step_info["hint_zh"], step_info["hint_en"]
+    elif "FULL" in (diag.hint_en or "") and context_parallel_size(_args(scanner)) > 1:
+        note = scanner.catalog.notes.get("context_parallel_full") or {}
+        diag.hint_zh, diag.hint_en = f"{diag.hint_zh}{note.get('zh', '')}", f"{diag.hint_en} {note.get('en', '')}".strip()
     return diag
 
 

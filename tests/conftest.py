@@ -116,6 +116,11 @@ TINY_SHAPES = {
     "deepseek-v3": dict(kind="moe", num_heads=8, num_kv_heads=8, max_position_embeddings=163840, mtp_layers=1,
                         extra_config={"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
                                       "n_routed_experts": 4, "n_shared_experts": 1, "first_k_dense_replace": 0}),
+    # a DeepSeek-V3 derivative that declares its MTP layer but ships no weights for it
+    "deepseek-v3-no-mtp": dict(kind="moe", num_heads=8, num_kv_heads=8, max_position_embeddings=163840, mtp_layers=1,
+                               mtp_weights=False,
+                               extra_config={"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+                                             "n_routed_experts": 4, "n_shared_experts": 1, "first_k_dense_replace": 0}),
     "minicpmv": dict(kind="vl", max_position_embeddings=32768,
                      extra_config={"architectures": ["MiniCPMV"], "model_type": "minicpmv"}),
 }

@@ -49,6 +49,12 @@ class Workbench:
     def evidence(self, model: Path, step: str) -> dict:
         return json.loads((self.runs / model.name / f"latest-{step}" / "evidence.json").read_text())
 
+    def passes(self, target: str, env: dict[str, str], model: Path, *variables: str) -> dict:
+        """`make <target>` exits 0 (PASS or a no-run verdict); its evidence record."""
+        result = self.make(target, env, model, *variables)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return self.evidence(model, target)
+
 
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
@@ -106,9 +112,7 @@ def test_v011_dense_stages_pass_on_the_replay_line_and_features_say_why_not(benc
     assert "tp 1: from triage" in result.stdout
     verdicts = {}
     for gate in ("ep", "flashcomm1", "mtp", "xlite"):
-        result = bench.make(gate, env, model)
-        assert result.returncode == 0, result.stdout + result.stderr
-        record = bench.evidence(model, gate)
+        record = bench.passes(gate, env, model)
         assert record["server_started"] is False
         verdicts[gate] = (record["verdict"], record["reason"])
     assert verdicts["ep"][0] == verdicts["flashcomm1"][0] == verdicts["mtp"][0] == "NOT_APPLICABLE"
@@ -128,9 +132,7 @@ def test_a_start_without_the_replay_line_fails_graph_mode_with_its_own_hint(benc
     assert "hint: Ready and every request answered" in result.stdout
     assert f"next: make eager MODEL={model}" in result.stdout
     # eager turns graph mode off by request: nothing to prove, the run passes
-    result = bench.make("eager", env, model)
-    assert result.returncode == 0, result.stdout + result.stderr
-    graph = bench.evidence(model, "eager")["graph"]
+    graph = bench.passes("eager", env, model)["graph"]
     assert (graph["status"], graph["mode"]) == ("NOT_APPLICABLE", "eager")
 
 
@@ -149,8 +151,7 @@ def test_kv_cache_too_small_quotes_the_estimate_and_the_fitting_command_and_capa
     result = bench.make("capacity", env, model, "MAX_MODEL_LEN=131072")
     capacity = json.loads((bench.runs / model.name / "capacity.json").read_text())
     assert (capacity["practical_max_len"], capacity["practical_source"]) == (72448, "vllm-estimate-confirmed")
-    assert bench.make("stage-a", env, model).returncode == 0
-    length = bench.evidence(model, "stage-a")["defaults"]["max_model_len"]
+    length = bench.passes("stage-a", env, model)["defaults"]["max_model_len"]
     assert length["value"] == 72448 and length["source"].startswith("capacity.json practical max length")
 
 
@@ -218,29 +219,22 @@ def test_false_ready_names_the_workers_exception_line(bench):
 def test_v013_moe_gates_take_tp_from_triage(bench):
     model = bench.checkpoint("qwen3-moe", "Qwen3-30B-A3B-v013")
     env = bench.env("v0.13-qwen3-30b-a3b")
-    result = bench.make("ep", env, model)
-    assert result.returncode == 0, result.stdout + result.stderr
-    record = bench.evidence(model, "ep")
+    record = bench.passes("ep", env, model)
     assert record["verdict"] == "PASS" and "_EP0 pid=" in record["feature_evidence"]["line"]
     assert record["defaults"]["tp"]["value"] == 8 and "--tensor-parallel-size 8" in record["command"]["shell"]
-    result = bench.make("flashcomm1", env, model)
-    assert result.returncode == 0, result.stdout + result.stderr
-    record = bench.evidence(model, "flashcomm1")
+    record = bench.passes("flashcomm1", env, model)
     assert record["verdict"] == "PASS" and "accepted, no runtime evidence" in record["reason"]
     # TP 1 (what the old default was) is refused by v0.13's own assertion
     result = bench.make("flashcomm1", env, model, "TP=1")
     assert failed_with(result, 1)
     record = bench.evidence(model, "flashcomm1")
     assert record["verdict"] == "FAIL" and "only supported when tp_size > 1" in record["gate_failure"]["line"]
-    assert bench.make("mtp", env, model).returncode == 0
-    assert bench.evidence(model, "mtp")["verdict"] == "NOT_APPLICABLE"
+    assert bench.passes("mtp", env, model)["verdict"] == "NOT_APPLICABLE"
 
 
 def test_xlite_where_it_is_installed_but_the_architecture_is_not_covered(bench):
     model = bench.checkpoint("qwen3-moe", "Qwen3-30B-A3B-xlite013")
-    result = bench.make("xlite", bench.env("v0.13-xlite-qwen3-30b-a3b"), model)
-    assert result.returncode == 0, result.stdout + result.stderr
-    record = bench.evidence(model, "xlite")
+    record = bench.passes("xlite", bench.env("v0.13-xlite-qwen3-30b-a3b"), model)
     assert record["verdict"] == "FRAMEWORK_UNSUPPORTED" and record["server_started"] is False
     assert "does not cover architecture Qwen3MoeForCausalLM" in record["reason"]
     assert "xlite-architectures-v013" in record["reason"]
@@ -283,9 +277,7 @@ def test_context_parallel_runs_are_never_told_to_capture_full_graphs(bench):
 def test_xlite_gate_passes_and_is_the_rung_before_eager(bench):
     model = bench.checkpoint("qwen3-moe-256k", "Qwen3-30B-A3B-xlite")
     env = bench.env("v0.20-xlite-qwen3-30b-a3b")
-    result = bench.make("xlite", env, model)
-    assert result.returncode == 0, result.stdout + result.stderr
-    record = bench.evidence(model, "xlite")
+    record = bench.passes("xlite", env, model)
     assert record["verdict"] == "PASS"
     assert "xlite runtime pool size" in record["feature_evidence"]["line"]
     graph = record["graph"]
@@ -319,9 +311,7 @@ def test_deepseek_v3_on_v023_mtp_flashcomm1_and_ep(bench):
     model = bench.checkpoint("deepseek-v3", "DeepSeek-V3")
     env = bench.env("v0.23-deepseek-v3")
     for gate in ("mtp", "flashcomm1", "ep"):
-        result = bench.make(gate, env, model)
-        assert result.returncode == 0, (gate, result.stdout + result.stderr)
-        record = bench.evidence(model, gate)
+        record = bench.passes(gate, env, model)
         assert record["verdict"] == "PASS", (gate, record["reason"])
         assert record["graph"]["status"] == "PASS"
     mtp = bench.evidence(model, "mtp")
@@ -330,19 +320,36 @@ def test_deepseek_v3_on_v023_mtp_flashcomm1_and_ep(bench):
     assert "enable_flashcomm1" in flashcomm["command"]["shell"] and "--enable-expert-parallel" in flashcomm["command"]["shell"]
 
 
+def test_an_mtp_config_without_mtp_weights_is_checkpoint_missing(bench):
+    model = bench.checkpoint("deepseek-v3-no-mtp", "DeepSeek-V3-no-mtp")
+    record = bench.passes("mtp", bench.env("v0.23-deepseek-v3"), model)
+    assert (record["verdict"], record["server_started"]) == ("CHECKPOINT_MISSING", False)
+    assert "num_nextn_predict_layers=1" in record["reason"] and "no MTP layers" in record["reason"]
+
+
+def test_vl_ladder_moves_from_dynamo_to_the_processor_and_text_only_isolates_it(bench):
+    model = bench.checkpoint("minicpmv", "MiniCPM-V")
+    env = bench.env("v0.23-vl-minicpmv")
+    result = bench.make("ladder", env, model, "STAGE=a")
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((bench.runs / model.name / "latest-ladder" / "ladder.json").read_text())
+    rows = [(row["rung"], row["verdict"]) for row in summary["rungs"]]
+    assert rows == [("reproduce", "FAIL"), ("xlite", "SKIPPED"), ("eager", "FAIL"), ("dynamo-disable", "FAIL"),
+                    ("text-only", "PASS")], rows
+    assert summary["fixed_by"] == "text-only"
+    assert summary["moved"] and summary["moved"][-1]["to_rung"] == "dynamo-disable"
+    assert "failure moved:" in result.stdout
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 def test_main_flashcomm1_is_gone_and_the_stages_pass(bench):
     model = bench.checkpoint("qwen3-moe", "Qwen3-30B-A3B-main")
     env = bench.env("main-qwen3-30b-a3b")
-    result = bench.make("flashcomm1", env, model)
-    assert result.returncode == 0, result.stdout + result.stderr
-    record = bench.evidence(model, "flashcomm1")
+    record = bench.passes("flashcomm1", env, model)
     assert record["verdict"] == "FRAMEWORK_UNSUPPORTED" and "PR #13946" in record["reason"]
-    for target in ("stage-b", "ep"):
-        result = bench.make(target, env, model)
-        assert result.returncode == 0, (target, result.stdout + result.stderr)
-    assert bench.evidence(model, "stage-b")["graph"]["status"] == "PASS"
+    assert bench.passes("stage-b", env, model)["graph"]["status"] == "PASS"
+    assert bench.passes("ep", env, model)["verdict"] == "PASS"
 
 
 # --- environment fidelity and slow-is-not-dead -----------------------------------------------------

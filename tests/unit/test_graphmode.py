@@ -89,3 +89,23 @@ def test_xlite_coverage_follows_the_sourced_architecture_lists(version, architec
     not_installed = features.assess(rules.get("xlite"), rules, facts, versions={"vllm-ascend": version},
                                     module_probe=lambda name: name != "xlite")
     assert not_installed.category == "framework-unsupported" and "xlite" in not_installed.evidence
+
+
+def test_a_context_parallel_log_never_gets_full_graphs_recommended(tmp_path):
+    from helpers import diagnosis
+
+    args = "{'model': '/models/m', 'prefill_context_parallel_size': 2, 'port': 8000}"
+    log = tmp_path / "serve.log"
+    log.write_text(f"(APIServer pid=1) INFO 01-04 15:24:33 [utils.py:253] non-default args: {args}\n"
+                   "(Worker_TP0 pid=2) ERROR 06-10 16:39:42 [multiproc_executor.py:962] RuntimeError: NPUModelRunner "
+                   "failed, error is capture_begin:../torch_npu/csrc/core/npu/NPUGraph.cpp:230 NPU function error: "
+                   "c10_npu::acl::AclmdlRICaptureBegin(capture_stream_, capture_mode), error code is 207005\n")
+    found = diagnosis.diagnose(log, model="m")
+    assert found.category == "stream-exhaustion"
+    assert '\\"cudagraph_mode\\":\\"PIECEWISE\\"' in found.next_command and "FULL" not in found.next_command
+    assert "--prefill-context-parallel-size" not in found.next_command  # a bare log: only the rung's own args
+    log.write_text(f"(APIServer pid=1) INFO 01-04 15:24:33 [utils.py:253] non-default args: {args}\n"
+                   "[ERROR] RUNTIME(569,):2026-06-30-12:05:19.521.684 [api_c.cc:1081]569 rtMemcpy:ErrCode=107030, "
+                   "desc=[the current capture mode does not support this operation], InnerCode=0x703001c\n")
+    replay = diagnosis.diagnose(log, model="m")
+    assert replay.category == "graph-replay" and "context-parallel run" in replay.hint_en
