@@ -5,7 +5,6 @@ the hint and the next ladder rung with its command filled from the log's own evi
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any

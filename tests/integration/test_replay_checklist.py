@@ -11,7 +11,6 @@ every test checks that no server it started is left, also when it fails.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
