@@ -58,6 +58,7 @@ mtp: setup ## Feature MTP: speculative config when the checkpoint has MTP layers
 # --- issue 13: the guide's other graph mode (a gate and the ladder rung before eager)
 xlite: setup ## XliteGraph (xlite_graph_config, full mode): needs the xlite package and a covered architecture
 	@scripts/gate.sh xlite
+.PHONY: xlite
 
 all-features: setup ## Stage A, Stage B, ep, flashcomm1, mtp, then the matrix (continues past failures)
 	@scripts/all_features.sh
@@ -104,4 +105,4 @@ runbooks: setup ## Regenerate runbooks/signatures.zh.md from the signature catal
 bench: setup ## Benchmarks (triage of a 100 GB-class sharded checkpoint reads headers only)
 	@scripts/bench.sh
 
-.PHONY: help setup demo test hygiene triage stage-a stage-b ep flashcomm1 mtp xlite all-features matrix eager dynamo-fallback text-only ladder diagnose capacity accuracy report deliver tiny-model runbooks bench
+.PHONY: help setup demo test hygiene triage stage-a stage-b ep flashcomm1 mtp all-features matrix eager dynamo-fallback text-only ladder diagnose capacity accuracy report deliver tiny-model runbooks bench

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import defaults, graphmode, profiles
+from helpers import profiles
 from helpers import evidence as ev
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted
 from helpers.lifecycle import Session, SignalGuard, serving
 from helpers.diagnosis import diagnosis_of
 from helpers.logscan import LogScanner
+from helpers import defaults, graphmode
 from helpers.model import Model
 from helpers.plan import ServePlan, Variant, mask, plan_for
 from helpers.readiness import Progress, WatchOutcome, base_url
@@ -116,12 +117,12 @@ class StageRun:
             "architectures": self.model.config.get("architectures"),
             "variant": {"name": self.request.variant.name, "flags": self.request.variant.flags,
                         "env": self.request.variant.env},
-            "command": {"argv": self.plan.argv, "env": self.plan.env, "cwd": self.plan.cwd,
-                        "shell": self.plan.shell_line(), "file": "command.sh"},
-            "versions": self.profile.facts_box().versions(self.profile.versions),
             # where an unset TP / max-model-len came from (value None: the profile's plain default)
             "defaults": {name: chosen.to_dict() for name, chosen in self.defaults.items()},
             "warnings": self.warnings,
+            "command": {"argv": self.plan.argv, "env": self.plan.env, "cwd": self.plan.cwd,
+                        "shell": self.plan.shell_line(), "file": "command.sh"},
+            "versions": self.profile.facts_box().versions(self.profile.versions),
             "started_at": ev.utc_iso(),
             "finished_at": None,
             "timings": {},
@@ -289,9 +290,9 @@ class StageRun:
     def run(self) -> int:
         self.profile.check_installed()
         require_free_port(self.settings.host, self.settings.port, self.settings.runs_dir)
-        self._start_warnings()
         self._open_run()
         assert self.run_dir is not None
+        self._start_warnings()  # into the record's warnings list, saved with the next write
         label = f"{self.request.step} {self.model_name}"
         progress = Progress(label)
         outcome: WatchOutcome | None = None

@@ -19,14 +19,17 @@ HELPERS = Path(__file__).resolve().parents[2] / "helpers"
 LAYERS = {
     "data": {"errors", "settings", "evidence", "box", "templating", "checkpoint", "profiles", "model", "plan",
              "logscan", "features", "junit", "tinymodel", "e2e", "runs", "parallel", "triage_view", "coverage",
-             "render_signatures", "catalog", "ascend_facts", "logline", "diagnosis", "graphmode"},
+             "render_signatures", "catalog", "ascend_facts", "logline", "diagnosis"},
     "server": {"serve", "readiness", "smoke", "lifecycle", "loadgen", "registry"},
-    "engine": {"stage", "triage", "defaults"},
+    "engine": {"stage", "triage"},
     "steps": {"gates", "ladder", "matrix", "capacity", "capacity_cell", "accuracy", "render", "deliver"},
     "entry": {"cli", "__main__", "__init__"},
 }
 ORDER = list(LAYERS)
 MAX_LINES = 460
+# issue 13: the graph-mode rules (data) and a run's defaults from triage (engine)
+LAYERS["data"] |= {"graphmode"}
+LAYERS["engine"] |= {"defaults"}
 
 
 def modules() -> dict[str, Path]:
