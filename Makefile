@@ -65,6 +65,11 @@ flashcomm1: setup ## Feature flashcomm1 (MoE, vllm-ascend; switched on as the in
 mtp: setup ## Feature MTP: speculative config when the checkpoint has MTP layers
 	@scripts/gate.sh mtp
 
+# --- issue 13: the guide's other graph mode (a gate and the ladder rung before eager)
+xlite: setup ## XliteGraph (xlite_graph_config, full mode): needs the xlite package and a covered architecture
+	@scripts/gate.sh xlite
+.PHONY: xlite
+
 all-features: setup ## Stage A, Stage B, ep, flashcomm1, mtp, then the matrix (continues past failures)
 	@scripts/all_features.sh
 
@@ -81,7 +86,7 @@ dynamo-fallback: setup ## Isolation: TORCHDYNAMO_DISABLE=1 (with VLLM_USE_AOT_CO
 text-only: setup ## Isolation for VL models: --limit-mm-per-prompt with every modality at 0
 	@scripts/gate.sh text-only
 
-ladder: setup ## Fallback ladder: reproduce, eager, dynamo-disable, text-only; stops at the first PASS
+ladder: setup ## Fallback ladder: reproduce, xlite, eager, dynamo-disable, text-only; stops at the first PASS
 	@scripts/ladder.sh
 
 diagnose: setup ## Read a server log (LOG=path): verdict, root-cause line, hint, next ladder rung

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import box, profiles, runs
+from helpers import box, defaults, profiles, runs
 from helpers import evidence as ev
 from helpers.e2e import serve_block
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, EnvironmentProblem, Interrupted, UsageError
@@ -189,8 +189,12 @@ class AccuracyRun:
         assert self.run_dir is not None
         documented = runs.documented_run(self.model.runs_dir) if self.settings.serve_as == "documented" else None
         variant = Variant.of_record(documented.data) if documented else Variant()
-        plan = plan_for(self.profile, self.settings, self.model, "b", variant)
         self.record["serve_from"] = documented.as_source() if documented else None
+        # the same TP and length a Stage B run of this profile chooses when they are unset
+        chosen = defaults.choose(self.settings, self.model, self.profile, self.out)
+        self.record["defaults"] = {name: value.to_dict() for name, value in chosen.items()}
+        plan = plan_for(self.profile, self.settings, self.model, "b", variant, tp=chosen["tp"].value,
+                        max_model_len=chosen["max_model_len"].value)
         header = (f"Server of {self.run_dir} (accuracy, Stage B plan, backend {self.profile.name}).\n"
                   "Written by the bring-up toolkit; runs the server in the foreground, Ctrl-C stops it.")
         command_sh = self.run_dir / "command.sh"

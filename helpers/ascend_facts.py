@@ -41,6 +41,8 @@ class Fact:
     source: tuple[str, ...]
     verified: bool
     note: str = ""
+    # a list the statement names (e.g. the architectures a graph mode covers), for rules to read
+    values: tuple[str, ...] = ()
 
     @property
     def main_only(self) -> bool:
@@ -121,7 +123,11 @@ def _fact(raw: dict[str, Any], where: str) -> Fact:
                              "(path@ref[:line], PR #N, issue #N, commit <sha>, doc: ...)")
     if not isinstance(raw.get("verified"), bool):
         raise ValueError(f"{where}: fact {fid}: verified must be true or false")
-    return Fact(fid, statement, package, spec, tuple(sources), raw["verified"], str(raw.get("note") or ""))
+    values = raw.get("values") or []
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise ValueError(f"{where}: fact {fid}: values must be a list of strings")
+    return Fact(fid, statement, package, spec, tuple(sources), raw["verified"], str(raw.get("note") or ""),
+                tuple(values))
 
 
 def parse(data: dict[str, Any], where: str = "facts") -> dict[str, Fact]:

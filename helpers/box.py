@@ -188,6 +188,16 @@ class Box:
         text = (done.stdout.strip().splitlines() or [""])[-1]
         return int(text) if done.returncode == 0 and text.isdigit() else None
 
+    def device_view(self, paths: Iterable[str] = ()) -> dict[str, Any]:
+        """What this container shows of how its NPU is shared: /etc/ld.so.preload (a soft-partition
+        runtime is preloaded through it) and which of `paths` exist here."""
+        try:
+            preload = Path("/etc/ld.so.preload").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            preload = ""
+        return {"ld_so_preload": preload, "files": [p for p in paths if Path(p).exists()],
+                "source": "this container (/etc/ld.so.preload and the mounted files)"}
+
 
 def series_of_soc(soc: int | None) -> str | None:
     return next((name for low, high, name in SOC_SERIES if soc is not None and low <= soc <= high), None)
@@ -227,6 +237,11 @@ class RecordedBox(Box):
     def soc_version(self) -> int | None:
         value = self.facts.get("soc_version")
         return int(value) if value is not None else None
+
+    def device_view(self, paths: Iterable[str] = ()) -> dict[str, Any]:
+        view = dict(self.facts.get("device_view") or {})
+        view["files"] = [p for p in view.get("files") or [] if p in set(paths)]
+        return {"ld_so_preload": "", **view, "source": f"recorded container view ({self.facts.get('scenario')})"}
 
     def npu_smi(self) -> tuple[str | None, str]:
         text = self.facts.get("npu_smi") or None

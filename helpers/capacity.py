@@ -206,7 +206,8 @@ class CapacitySweep:
             return cell
         label = (f"capacity cell {index}/{total} max-num-seqs {max_num_seqs} max-model-len {max_model_len}"
                  if role == "sweep" else f"capacity practical-length check max-model-len {max_model_len}")
-        request = StageRequest(step=f"capacity-{key}", stage=self.settings.stage, variant=self.variant)
+        request = StageRequest(step=f"capacity-{key}", stage=self.settings.stage, variant=self.variant,
+                               make_target="capacity")
         run = CellRun(self.settings, self.model, request, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                       output_len=self.output_len, client=self.client, tokenizer=self._get_tokenizer(),
                       label=label, out=self.out)

@@ -74,6 +74,8 @@ class Catalog:
     # Graph-mode fault categories by when they can happen: capture (startup), replay (after the
     # first request), either; the diagnosis reports which one a failure was.
     graph_categories: dict[str, frozenset[str]] = field(default_factory=dict)
+    # notes added to a hint in a given situation: {name: {zh, en}}
+    notes: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def by_id(self, sig_id: str) -> Signature:
         for sig in self.signatures:
@@ -208,7 +210,29 @@ def build_catalog(data: dict[str, Any], where: str, facts: dict[str, Any] | None
     if not isinstance(graph_raw, dict) or not set(graph_raw) <= {"capture", "replay", "either"}:
         raise ValueError(f"{where}: graph_categories must map capture / replay / either to category lists")
     graph = {str(k): frozenset(str(c) for c in v or []) for k, v in graph_raw.items()}
-    return Catalog(tuple(signatures), phases, stops, ignored, extractors, gates, rungs, graph)
+    notes = {str(k): {"zh": str(v["zh"]), "en": str(v["en"])} for k, v in (data.get("notes") or {}).items()}
+    return Catalog(tuple(signatures), phases, stops, ignored, extractors, gates, rungs, graph, notes)
+
+
+def double_quoted(text: str) -> str:
+    """A shell double-quoted word (what a person types: EXTRA_ARGS="--flag '{...}'")."""
+    return '"' + "".join("\\" + c if c in '"\\$`' else c for c in text) + '"'
+
+
+def fill_rung(entry: dict[str, Any], values: dict[str, Any], extra_args: str = "",
+              context_parallel: int = 1) -> dict[str, str]:
+    """A rung's command, why / why_zh (and hint override) with {model} {port} {step} {max_model_len} filled;
+    {extra_args} is the run's own EXTRA_ARGS plus the rung's `extra_args`, quoted as one word.
+    A context-parallel run (pcp x dcp > 1) takes the rung's `context_parallel` variant."""
+    if context_parallel > 1 and entry.get("context_parallel"):
+        entry = {**entry, **entry["context_parallel"]}
+    extra = " ".join(part for part in (extra_args.strip(), str(entry.get("extra_args") or "")) if part)
+    filled = {**{k: str(v) for k, v in values.items()}, "extra_args": double_quoted(extra)}
+
+    def fill(text: str) -> str:
+        return re.sub(r"\{(\w+)\}", lambda m: filled.get(m.group(1), m.group(0)), text)
+
+    return {key: fill(str(entry.get(key) or "")) for key in ("command", "why", "why_zh", "hint_zh", "hint_en")}
 
 
 @lru_cache(maxsize=8)

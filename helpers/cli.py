@@ -299,7 +299,7 @@ def deliver_cmd() -> None:
 @cli.command("gate")
 @click.argument("name")
 def gate_cmd(name: str) -> None:
-    """Feature gate NAME (ep, flashcomm1, mtp, eager, dynamo-fallback, text-only) on MODEL.
+    """Feature gate NAME (ep, flashcomm1, mtp, xlite, eager, dynamo-fallback, text-only) on MODEL.
 
     Exit 0 for PASS and for a no-run verdict (NOT_APPLICABLE, CHECKPOINT_MISSING,
     FRAMEWORK_UNSUPPORTED), 1 for FAIL, 130 when interrupted.
@@ -314,7 +314,7 @@ def gate_cmd(name: str) -> None:
 
 @cli.command("ladder")
 def ladder_cmd() -> None:
-    """The fallback ladder on MODEL: reproduce, eager, dynamo-disable, text-only; stop at the first PASS."""
+    """The fallback ladder on MODEL: reproduce, xlite, eager, dynamo-disable, text-only; stop at the first PASS."""
     from helpers import ladder
 
     settings = _settings()

@@ -5,12 +5,12 @@ the hint and the next ladder rung with its command filled from the log's own evi
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers.catalog import Catalog
+from helpers.catalog import Catalog, fill_rung
+from helpers.graphmode import context_parallel_size
 from helpers.errors import UsageError
 from helpers.logscan import CAPTURE_PHASE, INCIDENT_WINDOW, RESTART_PHASE, LogScanner, scan_file
 
@@ -45,23 +45,27 @@ class Diagnosis:
         return 1 if self.verdict == "FAIL" else 0
 
 
-def _fill(template: str, values: dict[str, Any]) -> str:
-    return re.sub(r"\{(\w+)\}", lambda m: str(values.get(m.group(1), m.group(0))), template)
-
-
-def next_step(scanner: LogScanner, rung: str | None, model: str = "", port: int | None = None) -> tuple[str, str]:
-    """The command (and why) for a ladder rung, filled from the log's own evidence."""
-    entry = scanner.catalog.rungs.get(rung or "none") or {}
+def _args(scanner: LogScanner) -> dict[str, Any]:
+    """The flags the server logged as `non-default args`."""
     args = scanner.evidence.get("non_default_args")
-    args = args if isinstance(args, dict) else {}
+    return args if isinstance(args, dict) else {}
+
+
+def next_step(scanner: LogScanner, rung: str | None, model: str = "", port: int | None = None,
+              step: str = "stage-b", extra_args: str = "") -> dict[str, str]:
+    """The command, why (and a hint override) of a ladder rung, filled from the log's own
+    evidence: the model, vLLM's estimated length, the port, and whether the run was context
+    parallel (then the rung's context_parallel variant: no FULL graphs, fact cp-no-full-cudagraph)."""
+    entry = scanner.catalog.rungs.get(rung or "none") or {}
+    args = _args(scanner)
     if not model:
         model = Path(str(args.get("model", ""))).name or "<MODEL>"
     length = scanner.evidence.get("estimated_max_model_len")
     if length is None:
         configured = args.get("max_model_len") or scanner.evidence.get("max_model_len")
         length = int(configured) // 2 if str(configured or "").isdigit() else "<smaller length>"
-    values = {"model": model, "max_model_len": length, "port": port or args.get("port", "<PORT>")}
-    return _fill(entry.get("command", ""), values), _fill(entry.get("why", ""), values)
+    values = {"model": model, "max_model_len": length, "port": port or args.get("port", "<PORT>"), "step": step}
+    return fill_rung(entry, values, extra_args, context_parallel_size(args))
 
 
 def diagnose(path: str | Path, model: str = "", catalog: Catalog | None = None) -> Diagnosis:
@@ -95,7 +99,8 @@ def _when(scanner: LogScanner, line_no: int, phase: str, category: str | None) -
     return "startup" if phase and phase != RESTART_PHASE else "unknown"
 
 
-def diagnosis_of(scanner: LogScanner, log: str = "", model: str = "") -> Diagnosis:
+def diagnosis_of(scanner: LogScanner, log: str = "", model: str = "", step: str = "stage-b",
+                 extra_args: str = "") -> Diagnosis:
     failures = scanner.failures()
     diag = Diagnosis(log=log, verdict="PASS" if scanner.ready_line else "UNKNOWN", phase=scanner.phase,
                      lines=scanner.line_no, evidence=dict(scanner.evidence),
@@ -120,7 +125,13 @@ def diagnosis_of(scanner: LogScanner, log: str = "", model: str = "") -> Diagnos
     diag.sig_id, diag.hint_zh, diag.hint_en, diag.rung = chosen.sig_id, chosen.hint_zh, chosen.hint_en, chosen.rung
     diag.fact = scanner.catalog.by_id(chosen.sig_id).fact
     diag.when = _when(scanner, root.line_no, chosen.phase, chosen.category)
-    diag.next_command, diag.next_why = next_step(scanner, chosen.rung, model=model)
+    step_info = next_step(scanner, chosen.rung, model=model, step=step, extra_args=extra_args)
+    diag.next_command, diag.next_why = step_info["command"], step_info["why"]
+    if step_info["hint_en"]:  # the rung's own advice for this run (e.g. context parallel: no FULL graphs)
+        diag.hint_zh, diag.hint_en = step_info["hint_zh"], step_info["hint_en"]
+    elif "FULL" in (diag.hint_en or "") and context_parallel_size(_args(scanner)) > 1:
+        note = scanner.catalog.notes.get("context_parallel_full") or {}
+        diag.hint_zh, diag.hint_en = f"{diag.hint_zh}{note.get('zh', '')}", f"{diag.hint_en} {note.get('en', '')}".strip()
     return diag
 
 

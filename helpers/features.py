@@ -49,6 +49,9 @@ class VersionRule:
     because: str = ""
     flags: list[str] | None = None
     env: dict[str, str] | None = None
+    # a triage fact whose value must be in the fact's `values` (e.g. the architectures a graph
+    # mode covers in that version), else framework-unsupported
+    covers: str = ""
 
 
 @dataclass
@@ -253,6 +256,11 @@ def assess(rule: FeatureRule, rules: RuleSet, facts: dict[str, Any], *,
                           f"{base}; no version rule matches {rule.versions[0].package} {installed or '(not found)'}")
         if entry.category == FRAMEWORK_UNSUPPORTED:
             return result(FRAMEWORK_UNSUPPORTED, f"{render(entry.because, facts)} ({why})", mode=entry.mode)
+        covered = ascend_facts.get(entry.fact).values
+        if entry.covers and facts.get(entry.covers) not in covered:
+            return result(FRAMEWORK_UNSUPPORTED, f"{render(entry.because, facts) or rule.name} does not cover "
+                          f"{entry.covers} {facts.get(entry.covers)} (covers {', '.join(covered)}; {why})",
+                          mode=entry.mode)
         return result(SUPPORTED, f"{base}; {entry.mode} ({why})", flags=entry.flags, env=entry.env, mode=entry.mode)
     return result(SUPPORTED, base)
 
@@ -295,7 +303,7 @@ def load_specs(path: Path | None = None) -> dict[str, GateSpec]:
             for name, entry in (data.get("gates") or {}).items()}
 
 
-WHEN = ("always", "dynamo-related", "multimodal")
+WHEN = ("always", "dynamo-related", "multimodal", "supported")
 
 
 @dataclass
@@ -303,8 +311,11 @@ class Rung:
     id: str
     why: str = ""
     when: str = "always"
-    gate: str | None = None  # the isolation gate whose switch this rung adds (None: the base command)
+    # the gate whose switch this rung adds (None: the base command): an isolation gate, or with
+    # `when: supported` a feature gate, whose switch is what triage assessed for this box
+    gate: str | None = None
     variant: Variant = field(default_factory=Variant)
+    feature: str | None = None  # set from the gate: the feature rule a `supported` rung asks
 
 
 @dataclass
@@ -323,8 +334,11 @@ def load_ladder(path: Path | None = None, gates: dict[str, GateSpec] | None = No
         if rung.when not in WHEN:
             raise UsageError(f"{path.name}: rung {rung.id} has when={rung.when!r}", f"use one of {WHEN}")
         if rung.gate is not None:
-            if rung.gate not in gates or gates[rung.gate].feature is not None:
-                raise UsageError(f"{path.name}: rung {rung.id} names {rung.gate!r}, not an isolation gate of gates.yaml")
-            rung.variant = gates[rung.gate].variant(rung.id)
+            spec = gates.get(rung.gate)
+            if spec is None or (spec.feature is not None) != (rung.when == "supported"):
+                raise UsageError(f"{path.name}: rung {rung.id} names {rung.gate!r}: an isolation gate of gates.yaml, "
+                                 "or a feature gate with when: supported")
+            rung.variant = spec.variant(rung.id)
+            rung.feature = spec.feature
         rungs.append(rung)
     return LadderSpec(rungs=rungs, dynamo_related=re.compile(data.get("dynamo_related") or r"dynamo"))

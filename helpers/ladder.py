@@ -13,11 +13,14 @@ import re
 from typing import Any, Callable
 
 from helpers import evidence as ev
+from helpers import profiles
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS
 from helpers.features import LadderSpec, Rung, load_ladder
 from helpers.model import Model
+from helpers.plan import Variant
 from helpers.settings import Settings
 from helpers.stage import StageRequest, StageRun
+from helpers.triage import current_facts
 
 # --- signatures ---------------------------------------------------------------------------------
 
@@ -63,9 +66,16 @@ def dynamo_related(records: list[dict[str, Any]], pattern: re.Pattern) -> str:
 
 
 def rung_applies(rung: Rung, *, multimodal: bool, failed: list[dict[str, Any]], spec: LadderSpec,
-                 dynamo_mode: str) -> tuple[bool, str]:
+                 dynamo_mode: str, assessments: dict[str, dict[str, Any]] | None = None) -> tuple[bool, str]:
     if rung.when == "always":
         return True, "always"
+    if rung.when == "supported":
+        found = (assessments or {}).get(rung.feature or "")
+        if found is None:
+            return False, f"triage has no assessment of {rung.feature}"
+        if found.get("category") != "supported":
+            return False, f"{found.get('verdict')}: {found.get('evidence')}"
+        return True, f"{found.get('name')} is supported here: {found.get('evidence')}"
     if rung.when == "multimodal":
         return (True, "multimodal model") if multimodal else (False, "text-only model: no multimodal path to isolate")
     if dynamo_mode == "always":
@@ -105,6 +115,10 @@ def summarise(summary: dict[str, Any]) -> None:
             moves.append({"from_rung": before["rung"], "to_rung": after["rung"],
                           "from": describe(before["signature"]), "to": describe(after["signature"])})
     summary["moved"] = moves
+    # the rung that passed after failing ones: the failure is gone with its switch
+    last_failure = failing[-1] if passed and failing else None
+    summary["moved_away"] = ({"rung": passed["rung"], "from_rung": last_failure["rung"],
+                              "from": describe(last_failure["signature"])} if last_failure else None)
 
 
 def render_summary(summary: dict[str, Any]) -> str:
@@ -122,6 +136,10 @@ def render_summary(summary: dict[str, Any]) -> str:
     else:
         lines.append("no rung passed: map the signature to a known-good implementation and patch minimally")
     lines.append(f"deterministic: {summary['deterministic']} ({summary['deterministic_note']})")
+    away = summary.get("moved_away")
+    if away:
+        lines.append(f"failure moved away at rung {away['rung']}: {away['from'][:160]} (seen on {away['from_rung']}) "
+                     f"does not occur with the {away['rung']} switch")
     for move in summary["moved"]:
         lines.append(f"failure moved: {move['from_rung']} {move['from'][:120]} -> {move['to_rung']} {move['to'][:120]}")
     if not summary["moved"] and len([r for r in summary["rungs"] if r["verdict"] not in ("PASS", "SKIPPED")]) > 1:
@@ -149,6 +167,9 @@ def run_ladder(settings: Settings, model: Model, out: Callable[[str], None] | No
                                "moved": [], "run_dir": str(summary_dir)}
     records: list[dict[str, Any]] = []
     code = EXIT_FAIL
+    assessments: dict[str, dict[str, Any]] = {}
+    if any(r.when == "supported" for r in spec.rungs):
+        assessments = current_facts(settings, model, settings.backend or profiles.detect_backend(), out).assessments
 
     def save() -> None:
         summarise(summary)
@@ -161,7 +182,11 @@ def run_ladder(settings: Settings, model: Model, out: Callable[[str], None] | No
         for rung in spec.rungs:
             failed = [r for r in records if r.get("verdict") != "PASS"]
             applies, why = rung_applies(rung, multimodal=multimodal, failed=failed, spec=spec,
-                                        dynamo_mode=dynamo_mode)
+                                        dynamo_mode=dynamo_mode, assessments=assessments)
+            variant = rung.variant
+            if rung.feature and applies:  # a feature's switch as triage assessed it for this box
+                found = assessments[rung.feature]
+                variant = Variant(name=rung.id, flags=list(found.get("flags") or []), env=dict(found.get("env") or {}))
             if not applies:
                 summary["rungs"].append({"rung": rung.id, "step": f"ladder-{rung.id}", "verdict": "SKIPPED",
                                          "category": None, "run_dir": None, "signature": None, "reason": why})
@@ -169,14 +194,15 @@ def run_ladder(settings: Settings, model: Model, out: Callable[[str], None] | No
                 continue
             out(f"ladder rung {rung.id}: {rung.why}")
             run = StageRun(settings, model, StageRequest(step=f"ladder-{rung.id}", stage=settings.stage,
-                                                         variant=rung.variant), out=out)
+                                                         variant=variant, make_target=f"stage-{settings.stage}"),
+                           out=out)
             rung_code = run.run()
             record = run.record
             records.append(record)
             summary["rungs"].append({"rung": rung.id, "step": f"ladder-{rung.id}", "verdict": record.get("verdict"),
                                      "category": record.get("category"), "run_dir": record.get("run_dir"),
                                      "signature": signature_of(record), "reason": record.get("reason"),
-                                     "variant": {"flags": rung.variant.flags, "env": rung.variant.env},
+                                     "variant": {"flags": variant.flags, "env": variant.env},
                                      "applies_because": why})
             save()
             if rung_code == EXIT_INTERRUPTED:

@@ -42,10 +42,12 @@ def _log_path(record: dict[str, Any]) -> str | None:
 
 
 def _row(status: str, *, evidence_line: str | None = None, record: dict[str, Any] | None = None,
-         reason: str | None = None) -> dict[str, Any]:
+         reason: str | None = None, line_no: int | None = None) -> dict[str, Any]:
+    """One cell; with a run, `log` and `line_no` point at the serve.log line that proves it."""
     return {"status": status, "category4": CATEGORY4.get(status, "failed"),
             "evidence_line": evidence_line,
             "log": _log_path(record) if record else None,
+            "line_no": line_no,
             "run_dir": record.get("run_dir") if record else None,
             "stage": record.get("stage") if record else None,
             "reason": reason,
@@ -55,6 +57,12 @@ def _row(status: str, *, evidence_line: str | None = None, record: dict[str, Any
 
 def not_run(reason: str) -> dict[str, Any]:
     return _row("NOT_RUN", reason=reason)
+
+
+def _ready_line(record: dict[str, Any]) -> int | None:
+    """The serve.log line that said the server was up (`Application startup complete`)."""
+    return ((record.get("log_scan") or {}).get("ready_line") or (record.get("readiness") or {}).get("ready_line")
+            or None)
 
 
 def _requests_line(record: dict[str, Any]) -> str:
@@ -67,12 +75,14 @@ def stage_row(record: dict[str, Any] | None, step: str) -> dict[str, Any] | None
         return None
     verdict = record.get("verdict") or "FAIL"
     if verdict == "PASS":
-        ready = (record.get("readiness") or {}).get("ready_line")
-        line = f"ready (serve.log line {ready}); {_requests_line(record)}"
+        ready = _ready_line(record)
+        line, line_no = f"ready (serve.log line {ready}); {_requests_line(record)}", ready
     else:
         cause = record.get("root_cause") or {}
-        line = cause.get("text") or record.get("reason")
-    return _row(verdict, evidence_line=line, record=record, reason=record.get("reason"))
+        line, line_no = cause.get("text") or record.get("reason"), cause.get("line_no")
+        if line_no is None and (record.get("graph") or {}).get("status") == "FAIL":
+            line_no = record["graph"].get("line_no")  # a run without graph evidence: what it had
+    return _row(verdict, evidence_line=line, record=record, reason=record.get("reason"), line_no=line_no)
 
 
 def gate_row(record: dict[str, Any] | None, step: str) -> dict[str, Any]:
@@ -80,10 +90,13 @@ def gate_row(record: dict[str, Any] | None, step: str) -> dict[str, Any]:
         return not_run(f"no recorded `make {step}` run")
     verdict = record.get("verdict") or "FAIL"
     found = record.get("feature_evidence") or {}
-    line = found.get("line")
+    line, line_no = found.get("line"), found.get("line_no")
+    if line is not None and line_no is None and record.get("log"):
+        line_no = _ready_line(record)  # evidence in the server's environment: the start it served
     if line is None and verdict == "FAIL":
-        line = ((record.get("gate_failure") or {}).get("line") or (record.get("root_cause") or {}).get("text"))
-    return _row(verdict, evidence_line=line, record=record, reason=record.get("reason"))
+        failure = record.get("gate_failure") or record.get("root_cause") or {}
+        line, line_no = failure.get("line") or failure.get("text"), failure.get("line_no")
+    return _row(verdict, evidence_line=line, record=record, reason=record.get("reason"), line_no=line_no)
 
 
 def _finished(record: dict[str, Any]) -> str:
@@ -98,7 +111,8 @@ def aclgraph_row(records: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
         if not record or not record.get("graph"):
             continue
         argv = (record.get("command") or {}).get("argv") or []
-        if "--enforce-eager" in argv:
+        # the profile's default graph mode only: eager, XliteGraph or torchair runs prove no ACLGraph
+        if "--enforce-eager" in argv or record["graph"].get("mode", "default") != "default":
             continue
         candidates.append(record)
     if not candidates:
@@ -106,7 +120,7 @@ def aclgraph_row(records: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     record = max(candidates, key=_finished)
     graph = record["graph"]
     status = graph.get("status") or "FAIL"
-    return _row(status, evidence_line=graph.get("line"), record=record,
+    return _row(status, evidence_line=graph.get("line"), record=record, line_no=graph.get("line_no"),
                 reason=graph.get("reason") or f"graph check of {record.get('step')}")
 
 
@@ -117,17 +131,23 @@ def multimodal_row(records: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
         if record is None:
             continue
         if not record.get("multimodal"):
+            lines = (record.get("log_scan") or {}).get("evidence_lines") or {}
             return _row("NOT_APPLICABLE", record=record, reason="text-only model: no vision/audio config",
-                        evidence_line=None)
+                        evidence_line=(record.get("log_evidence") or {}).get("architecture"),
+                        line_no=lines.get("architecture"))
         image = next((r for r in record.get("requests") or [] if r.get("kind") == "image"), None)
         if image is None:
+            cause = record.get("root_cause") or {}
             return _row("FAIL", record=record, reason=f"{step} sent no image request (server not ready or died first)",
-                        evidence_line=(record.get("root_cause") or {}).get("text"))
+                        evidence_line=cause.get("text"), line_no=cause.get("line_no"))
+        # the request itself is in requests.jsonl; the log line is the start that served it
         if image.get("ok"):
-            return _row("PASS", record=record, reason=f"{step}: text+image request answered",
+            return _row("PASS", record=record, reason=f"{step}: text+image request answered", line_no=_ready_line(record),
                         evidence_line=f"image {image.get('status')}: {str(image.get('content'))[:120]!r}")
+        cause = record.get("root_cause") or {}
         return _row("FAIL", record=record, reason=f"{step}: image request failed: {image.get('error')}",
-                    evidence_line=f"image {image.get('status')}: {image.get('error')}")
+                    evidence_line=f"image {image.get('status')}: {image.get('error')}",
+                    line_no=cause.get("line_no") or _ready_line(record))
     return not_run("no Stage A / Stage B run recorded")
 
 

@@ -154,11 +154,13 @@ def mask(text: str, secrets: list[str]) -> str:
 
 
 def plan_for(profile: Profile, settings: Settings, model: Model, stage: str, variant: Variant | None = None,
-             *, max_model_len: int | None = None, max_num_seqs: int | None = None) -> ServePlan:
-    """The serve plan of a step from the settings (a capacity cell overrides the two sizes)."""
+             *, max_model_len: int | None = None, max_num_seqs: int | None = None,
+             tp: int | None = None) -> ServePlan:
+    """The serve plan of a step from the settings (a capacity cell overrides the two sizes; the
+    stage run passes the TP and length its profile's defaults chose when the settings leave them unset)."""
     return build_plan(
         profile, model_path=str(model.checkpoint), served_name=model.served_name, stage=stage,
-        host=settings.host, port=settings.port, tp=settings.tp,
+        host=settings.host, port=settings.port, tp=tp or settings.tp,
         max_model_len=max_model_len or settings.max_model_len, max_num_seqs=max_num_seqs or settings.max_num_seqs,
         dtype=settings.dtype, extra_args=settings.extra_args, api_key=settings.api_key,
         work_dir=settings.work_dir, variant=variant,

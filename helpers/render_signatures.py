@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from helpers import ascend_facts
-from helpers.catalog import load_catalog
+from helpers.catalog import fill_rung, load_catalog
 from helpers.settings import REPO_ROOT
 from helpers.templating import render as render_template
 
 TEMPLATE_NAME = "signatures.zh.md.j2"
 DEFAULT_OUT = REPO_ROOT / "runbooks" / "signatures.zh.md"
 # Example values the ladder commands are shown with (the runbooks use the same ones).
-EXAMPLE = {"model": "Qwen3-8B", "port": "8000", "max_model_len": "16384"}
+EXAMPLE = {"model": "Qwen3-8B", "port": "8000", "max_model_len": "16384", "step": "stage-b"}
 SEVERITY_ORDER = {"failure": 0, "evidence": 1, "info": 2}
 
 
@@ -41,10 +41,8 @@ class Entry:
     fact_holds: str = ""      # "vllm-ascend >=0.20.2rc1,<0.27" / "main" for the version-bound ones
 
 
-def _fill(text: str) -> str:
-    for key, value in EXAMPLE.items():
-        text = text.replace("{" + key + "}", value)
-    return text
+def _fill(entry: dict[str, Any], key: str) -> str:
+    return fill_rung(entry, EXAMPLE)[key]
 
 
 def _holds(fact: ascend_facts.Fact | None) -> str:
@@ -65,8 +63,8 @@ def entries(catalog_path: str | Path | None = None) -> list[Entry]:
         step = catalog.rungs.get(rung, {})
         found.append(Entry(
             id=sig.id, category=sig.category, severity=sig.severity, stage=sig.stage, regex=sig.regex,
-            hint_zh=sig.hint_zh, rung=rung, rung_command=_fill(step.get("command", "")),
-            rung_why=_fill(step.get("why_zh", "")), example=sig.example, generic=sig.generic,
+            hint_zh=sig.hint_zh, rung=rung, rung_command=_fill(step, "command"),
+            rung_why=_fill(step, "why_zh"), example=sig.example, generic=sig.generic,
             specificity=sig.specificity, example_source=sig.example_source, fact=sig.fact or "",
             fact_holds=_holds(fact),
         ))
@@ -83,7 +81,7 @@ def context(catalog_path: str | Path | None = None) -> dict[str, Any]:
         "source": "helpers/signatures.yaml" if catalog_path is None else str(catalog_path),
         "groups": groups,
         "count": len(listed),
-        "rungs": {name: {"command": _fill(v.get("command", "")), "why": _fill(v.get("why_zh", ""))}
+        "rungs": {name: {"command": _fill(v, "command"), "why": _fill(v, "why_zh")}
                   for name, v in catalog.rungs.items() if name != "none"},
         "example": EXAMPLE,
     }

@@ -8,6 +8,8 @@ goes, so an interrupted or crashed run still leaves a valid evidence.json.
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import signal
 import threading
 import time
@@ -22,6 +24,7 @@ from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted
 from helpers.lifecycle import Session, SignalGuard, serving
 from helpers.diagnosis import diagnosis_of
 from helpers.logscan import LogScanner
+from helpers import defaults, graphmode
 from helpers.model import Model
 from helpers.plan import ServePlan, Variant, mask, plan_for
 from helpers.readiness import Progress, WatchOutcome, base_url
@@ -42,6 +45,7 @@ class StageRequest:
     stage: str
     variant: Variant = field(default_factory=Variant)
     multimodal: bool | None = None  # None: read from the checkpoint config
+    make_target: str | None = None  # what reruns it (default: step); names the next command
 
 
 class StageRun:
@@ -57,8 +61,15 @@ class StageRun:
         self.out = out or (lambda line: print(line, flush=True))
         self.profile = profiles.load(settings.backend)
         self.multimodal = request.multimodal if request.multimodal is not None else model.multimodal
+        # unset TP / MAX_MODEL_LEN: the profile's rule (triage's TP plan, the serve template)
+        self.defaults = defaults.choose(settings, model, self.profile, self.out)
+        if max_model_len:
+            self.defaults["max_model_len"] = defaults.Chosen(max_model_len, f"{request.step} tests this length")
         self.plan: ServePlan = plan_for(self.profile, settings, model, request.stage, request.variant,
-                                        max_model_len=max_model_len, max_num_seqs=max_num_seqs)
+                                        max_model_len=self.defaults["max_model_len"].value,
+                                        max_num_seqs=max_num_seqs, tp=self.defaults["tp"].value)
+        self.first_request_line = 0
+        self.warnings: list[str] = []
         self.secrets = [settings.api_key] if settings.api_key else []
         self.run_dir: Path | None = None
         self.record: dict[str, Any] = {}
@@ -109,6 +120,9 @@ class StageRun:
             "layers": self._layers().to_dict(),
             "variant": {"name": self.request.variant.name, "flags": self.request.variant.flags,
                         "env": self.request.variant.env},
+            # where an unset TP / max-model-len came from (value None: the profile's plain default)
+            "defaults": {name: chosen.to_dict() for name, chosen in self.defaults.items()},
+            "warnings": self.warnings,
             "command": {"argv": self.plan.argv, "env": self.plan.env, "cwd": self.plan.cwd,
                         "shell": self.plan.shell_line(), "file": "command.sh"},
             "versions": self.profile.facts_box().versions(self.profile.versions),
@@ -188,36 +202,41 @@ class StageRun:
         """The requests of this run once the server is ready (the smoke requests here)."""
         return self._send_smoke(url, ready_line)
 
+    def _graph_mode(self) -> graphmode.GraphMode:
+        versions = self.profile.facts_box().versions(self.profile.versions)
+        return graphmode.select(self.profile.graph, self.plan.argv, self.plan.process_env(dict(os.environ)), versions)
+
     def _graph_check(self) -> dict[str, Any]:
-        eager = "--enforce-eager" in self.plan.argv
-        name = self.profile.graph.get("name", "graph")
+        """The graph mode's evidence (graphmode.py): on ascend a replay line after the first request."""
         if not self.profile.graph_expected:
+            name = self.profile.graph.get("name", "graph")
             return {"name": name, "status": "NOT_APPLICABLE", "reason": f"backend {self.profile.name} captures no graphs"}
-        if eager:
-            return {"name": name, "status": "NOT_APPLICABLE", "reason": "--enforce-eager: graph mode off by request",
-                    "line": self.scanner.evidence.get("eager")}
-        keys = list(self.profile.graph.get("evidence") or [])
-
-        def seen() -> str | None:
-            return next((key for key in keys if self.scanner.evidence.get(key)), None)
-
+        mode = self._graph_mode()
+        scan = self.scanner
         deadline = time.monotonic() + 1.0  # the replay line is logged right after the first replay
-        while time.monotonic() < deadline and not seen():
+        while (mode.expects == "replay" and time.monotonic() < deadline
+               and not graphmode.found(mode, scan.evidence, scan.evidence_lines, self.first_request_line)):
             self._pump()
             time.sleep(0.1)
-        key = seen()
-        if key:
-            return {"name": name, "status": "PASS", "line": self.scanner.evidence[key],
-                    "line_no": self.scanner.evidence_lines.get(key)}
-        wanted = " or ".join(repr(p.pattern) for k in keys for p in self.scanner.catalog.evidence_patterns(k))
-        return {"name": name, "status": "FAIL", "line": self.scanner.evidence.get("graph_capture"),
-                "reason": f"no {wanted} line after the first request"}
+        return graphmode.judge(mode, scan.evidence, scan.evidence_lines, self.first_request_line)
+
+    def _start_warnings(self) -> None:
+        """What this box and command say before the start: a soft-partitioned NPU cannot capture
+        PIECEWISE graphs (fact soft-partition-piecewise-unsupported)."""
+        spec = self.profile.graph.get("soft_partition") or {}
+        if not spec or self._graph_mode().expects == "none" or not graphmode.captures_piecewise(self.plan.argv):
+            return
+        seen = graphmode.soft_partition(spec, self.profile.facts_box().device_view(spec.get("files") or []))
+        if seen:
+            self.warnings.append(graphmode.soft_partition_warning(seen, graphmode.context_parallel_size(self.plan.argv)))
 
     # ------------------------------------------------------------------ verdicts
     def _decide(self, outcome: WatchOutcome, results: list[RequestResult]) -> None:
         rec = self.record
         ready_line = outcome.ready_line
-        diagnosis = diagnosis_of(self.scanner, model=self.model_name)
+        diagnosis = diagnosis_of(self.scanner, model=shlex.quote(self.model.requested or self.model_name),
+                                 step=self.request.make_target or self.request.step,
+                                 extra_args=self.settings.extra_args)
         if diagnosis.verdict == "FAIL":
             rec["diagnosis"] = {"category": diagnosis.category, "signature": diagnosis.sig_id,
                                 "hint_zh": diagnosis.hint_zh, "hint_en": diagnosis.hint_en,
@@ -229,6 +248,12 @@ class StageRun:
                 category = {"stalled": "stalled", "timeout": "timeout"}.get(outcome.state, "startup")
             rec["verdict"], rec["category"] = "FAIL", category
             rec["reason"] = f"server never became ready: {outcome.state} ({outcome.detail})"
+            estimate = self.scanner.evidence.get("estimated_max_model_len")
+            if category == "kv-too-small" and estimate:
+                length = self.defaults["max_model_len"]
+                rec["reason"] = (f"the KV cache cannot hold one request of {self._max_model_len()} tokens "
+                                 f"(max-model-len from {length.source}); vLLM estimates the maximum model "
+                                 f"length at {estimate}")
             rec["root_cause"] = cause.to_dict() if cause else None
             return
         dead_after_ready = self._server_gone()
@@ -237,6 +262,7 @@ class StageRun:
         if not bad and not dead_after_ready and not late_failures:
             rec["verdict"], rec["category"] = "PASS", None
             rec["reason"] = "ready, every smoke request answered 200 with text, server alive, no fatal line"
+            self._graph_decides()
             return
         rec["verdict"] = "FAIL"
         cause = self.scanner.root_cause(since_line=ready_line)
@@ -254,6 +280,23 @@ class StageRun:
             rec["category"] = "request-rejected"
             rec["reason"] = "requests rejected: " + "; ".join(f"{r.kind}: {r.error}" for r in bad)
 
+    def _max_model_len(self) -> str:
+        argv = self.plan.argv
+        return argv[argv.index("--max-model-len") + 1] if "--max-model-len" in argv else "?"
+
+    def _graph_decides(self) -> None:
+        """Where the profile says graph mode decides (ascend), a run without its graph evidence
+        is no PASS: its own category, the hint, and the ladder's next rung."""
+        rec, graph = self.record, self.record.get("graph") or {}
+        if graph.get("status") != "FAIL" or not self.profile.graph.get("decides"):
+            return
+        rec["verdict"], rec["category"] = "FAIL", graph.get("category") or "graph-not-replayed"
+        rec["reason"] = f"graph mode ({graph['name']}): {graph['reason']}"
+        model = shlex.quote(self.model.requested or self.model_name)
+        rec["diagnosis"] = {"category": rec["category"], "signature": None, "hint_zh": graph.get("hint_zh"),
+                            "hint_en": graph.get("hint_en"), "rung": "eager",
+                            "next_command": f"make eager MODEL={model}"}
+
     # ------------------------------------------------------------------ the run
     def run(self) -> int:
         self.profile.check_installed()
@@ -261,11 +304,17 @@ class StageRun:
         self.context = context_check.preflight(self.settings, self.model, self.profile, self.plan)
         self._open_run()
         assert self.run_dir is not None
+        self._start_warnings()  # into the record's warnings list, saved with the next write
         label = f"{self.request.step} {self.model_name}"
         progress = Progress(label)
         outcome: WatchOutcome | None = None
         results: list[RequestResult] = []
         phase = "starting"
+        for warning in self.warnings:
+            self.out(f"[{label}] warning: {warning}")
+        for name, chosen in self.defaults.items():
+            if chosen.value is not None and not chosen.source.startswith(("TP (", "MAX_MODEL_LEN (")):
+                self.out(f"[{label}] {name.replace('_', '-')} {chosen.value}: {chosen.source}")
         self.out(f"[{label}] starting {self.profile.name} server on {base_url(self.settings.host, self.settings.port)}; "
                  f"evidence: {self.run_dir}")
         with SignalGuard():
@@ -284,6 +333,8 @@ class StageRun:
                     if outcome.state == "ready":
                         phase = self.request_phase
                         self.out(f"[{label}] ready in {outcome.elapsed:.1f} s; sending {self.request_phase}")
+                        self._pump()
+                        self.first_request_line = self.scanner.line_no  # graph evidence must come later
                         results = self.send_requests(session.url, outcome.ready_line)
                         if results:
                             self.record["timings"]["first_request_s"] = round(results[0].latency_s, 3)
@@ -341,8 +392,10 @@ class StageRun:
         if used.reduced:
             line += f"\n  reduced-layers ({used.describe()}): smoke evidence only, a full-layer Stage B signs off"
         graph = rec.get("graph")
-        if graph and graph.get("status") == "FAIL":
+        if graph and graph.get("status") == "FAIL" and rec.get("category") != graph.get("category"):
             line += f"\n  graph mode ({graph['name']}): FAIL, {graph['reason']}"
+        elif graph and graph.get("status") == "PASS" and graph.get("mode") != "default":
+            line += f"\n  graph mode ({graph['name']}): {graph['reason']}"
         self.out(line + f"\n  evidence: {self.run_dir}")
 
     def exit_code(self) -> int:

@@ -21,6 +21,7 @@ from helpers.errors import BringupError
 from helpers.model import Model, checkpoint_fingerprint
 from helpers.runs import Run, dig, first_seen_heads, is_serving_run, read_runs
 from helpers.settings import Settings
+from helpers.triage import IN_PROCESS
 
 SCHEMA = 1
 STEPS = ("context", "triage", "changes", "stage-a", "stage-b", "ep", "flashcomm1", "mtp", "ladder", "capacity",
@@ -179,7 +180,9 @@ def file_steps(model_runs: Path, now: Now) -> dict[str, Step]:
                                str(model_runs / "triage.json"), stale_reasons(
                                    now, when=record.get("created_utc"),
                                    context={"model": dig(record, "context", "model")},
-                                   model_path=dig(record, "model", "path"), versions=record.get("versions")),
+                                   model_path=dig(record, "model", "path"), versions=record.get("versions"))
+                               + (["written in-process by a stage or gate run, without vLLM's registry"]
+                                  if dig(record, "registry", "method") == IN_PROCESS else []),
                                "; ".join(record.get("errors") or [])[:160])
     record = _read(model_runs / "changes.json")
     if record is not None:

@@ -65,6 +65,8 @@ class TinySpec:
     # Block-fp8 projections with weight_scale_inv, as DeepSeek-V3 ships them.
     fp8: bool = False
     fp8_block: int = 128
+    # dense only: Qwen3's attention (q_norm/k_norm, no q/k/v bias) instead of Qwen2's
+    qk_norm: bool = False
 
     @property
     def head_dim(self) -> int:
@@ -150,6 +152,9 @@ def model_config(spec: TinySpec, tokenizer_size: int) -> dict[str, Any]:
                 "fullatt_block_indexes": [1], "hidden_act": "silu", "tokens_per_second": 2,
             },
         }
+    elif spec.qk_norm:
+        config = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "head_dim": spec.head_dim,
+                  "attention_bias": False, **common}
     else:
         config = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", **common}
     if spec.mtp_layers:
@@ -224,10 +229,12 @@ def decoder_layer_shapes(spec: TinySpec, config: dict[str, Any], p: str) -> dict
                            ep + "down_proj.weight": (h, m)})
     else:
         i_size = spec.intermediate_size
+        if spec.qk_norm:
+            shapes.update({p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,)})
+        else:
+            shapes.update({p + "self_attn.q_proj.bias": (q,), p + "self_attn.k_proj.bias": (kv,),
+                           p + "self_attn.v_proj.bias": (kv,)})
         shapes.update({
-            p + "self_attn.q_proj.bias": (q,),
-            p + "self_attn.k_proj.bias": (kv,),
-            p + "self_attn.v_proj.bias": (kv,),
             p + "mlp.gate_proj.weight": (i_size, h),
             p + "mlp.up_proj.weight": (i_size, h),
             p + "mlp.down_proj.weight": (h, i_size),

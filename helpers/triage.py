@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import ascend_facts, hf_id, layers, parallel, profiles
+from helpers import ascend_facts, graphmode, hf_id, layers, parallel, profiles
 from helpers import checkpoint as ckpt
 from helpers import coverage as coverage_check
 from helpers import evidence as ev
@@ -29,6 +29,8 @@ from helpers.registry import RegistryCheck, RegistryQuery
 from helpers.settings import Settings
 
 SCHEMA = "bringup.triage/1"
+# registry.method of a triage.json a stage or gate wrote for itself (no registry asked)
+IN_PROCESS = "skipped: triaged in-process by a stage or gate run"
 FP8_REFUSED = ("fp8 checkpoint: vllm-ascend {version} reports `fp8 quantization is currently not supported in "
                "npu` (fact quantization-not-supported-npu); dequantise to bf16 at load time from each *.weight + "
                "*.weight_scale_inv pair (fail on unpaired keys)")
@@ -149,6 +151,7 @@ def feature_facts(profile: profiles.Profile, facts: ckpt.ConfigFacts, mtp: MtpSt
         "has_weights": has_weights,
         "tp": tp,
         "model_type": facts.model_type,
+        "architecture": (facts.architectures or [None])[0],
     }
 
 
@@ -258,6 +261,10 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
     plan, plan_warnings = parallel.plan_parallel(settings, profile.name, facts, weight_bytes, weight_source,
                                                  default_tp, facts_box.npu_smi(), facts_box.soc_version())
     warnings += plan_warnings
+    soft = profile.graph.get("soft_partition") or {}
+    seen = graphmode.soft_partition(soft, facts_box.device_view(soft.get("files") or [])) if soft else ""
+    if seen:  # say it before a run fails with stream exhaustion during capture
+        warnings.append(graphmode.soft_partition_warning(seen))
     has_qk_norm = (facts.model_type or "").startswith("qwen3") or expects_k_norm or any(
         n.endswith("k_norm.weight") for n in scan.tensors)
     if plan.kv_heads_replicated and has_qk_norm:
@@ -368,6 +375,8 @@ class TriageFacts:
     source: str  # "triage.json" | "in-process triage (no registry)"
     path: str | None
     created_utc: str | None
+    parallel: dict[str, Any] = field(default_factory=dict)  # triage's TP plan for this box
+    warnings: list[str] = field(default_factory=list)
 
 
 def _mtime_utc(path: Path) -> str:
@@ -416,6 +425,7 @@ def current_facts(settings: Settings, model: Model, backend: str,
         if out:
             out(f"  triage: {why}; triaging in-process (no registry)")
         fresh = triage(settings, model, registry=False, backend=backend)
+        fresh.registry["method"] = IN_PROCESS  # `make status` asks for the full triage
         record = fresh.to_dict()
         # Written so the next gate reads it at once; it says itself that the registry was skipped,
         # and `make triage` keeps it as triage.<stamp>.json when it writes a full one.
@@ -424,4 +434,5 @@ def current_facts(settings: Settings, model: Model, backend: str,
     assessments = {f["id"]: f for f in record.get("features") or []}
     return TriageFacts(facts=record["feature_facts"], assessments=assessments,
                        versions=record.get("versions") or versions, source=source, path=where,
-                       created_utc=record.get("created_utc"))
+                       created_utc=record.get("created_utc"), parallel=record.get("parallel") or {},
+                       warnings=list(record.get("warnings") or []))

@@ -100,3 +100,40 @@ def kill_group_quietly(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+# --- issue 13: checkpoints shaped like the model a replay scenario recorded ----------------------
+# The toolkit triages the model directory it is given; on the replay backend that directory has to
+# be the scenario's model (architecture, MoE, MTP, VL, max_position_embeddings), in tiny. Heads are
+# 8 / 4 KV heads so triage plans TP like it would for the real models (8 on an 8-NPU A2 box).
+TINY_SHAPES = {
+    "qwen3-dense": dict(qk_norm=True, num_heads=8, num_kv_heads=4, max_position_embeddings=40960,
+                        # Qwen3-8B as Qwen documents it for 131072 tokens (YaRN, factor 4)
+                        extra_config={"rope_scaling": {"rope_type": "yarn", "factor": 4.0,
+                                                       "original_max_position_embeddings": 32768}}),
+    "qwen3-moe": dict(kind="moe", num_heads=8, num_kv_heads=4, max_position_embeddings=40960),
+    "qwen3-moe-256k": dict(kind="moe", num_heads=8, num_kv_heads=4, max_position_embeddings=262144),
+    "deepseek-v3": dict(kind="moe", num_heads=8, num_kv_heads=8, max_position_embeddings=163840, mtp_layers=1,
+                        extra_config={"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+                                      "n_routed_experts": 4, "n_shared_experts": 1, "first_k_dense_replace": 0}),
+    # a DeepSeek-V3 derivative that declares its MTP layer but ships no weights for it
+    "deepseek-v3-no-mtp": dict(kind="moe", num_heads=8, num_kv_heads=8, max_position_embeddings=163840, mtp_layers=1,
+                               mtp_weights=False,
+                               extra_config={"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+                                             "n_routed_experts": 4, "n_shared_experts": 1, "first_k_dense_replace": 0}),
+    "minicpmv": dict(kind="vl", max_position_embeddings=32768,
+                     extra_config={"architectures": ["MiniCPMV"], "model_type": "minicpmv"}),
+}
+
+
+def tiny_shaped(directory: Path, shape: str) -> Path:
+    spec = tinymodel.TinySpec(**TINY_SHAPES[shape])
+    return tinymodel.generate(directory, weights="dummy" if spec.kind == "vl" else "real", spec=spec)
+
+
+def linked_copy(source: Path, target: Path) -> Path:
+    """A checkpoint under another name without copying weights (hard links: same bytes, same stat)."""
+    target.mkdir(parents=True)
+    for path in source.iterdir():
+        os.link(path, target / path.name)
+    return target

@@ -73,6 +73,8 @@ def facts(scenario: Scenario) -> dict[str, Any]:
         "soc_version": box.get("soc_version", machine.get("soc_version")),
         "soc_name": machine.get("soc_name", ""),
         "device_type": machine.get("device_type", ""),
+        # what a container on this machine shows of NPU sharing (a soft-partition runtime preloaded)
+        "device_view": dict(machine.get("device_view") or {}),
         "modules": [str(m) for m in box.get("modules") or []],
         "markers": {str(k): bool(v) for k, v in (box.get("markers") or {}).items()},
         "sources": {"box": box.get("source", ""), "machine": machine.get("source", ""),

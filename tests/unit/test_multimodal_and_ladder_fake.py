@@ -112,12 +112,16 @@ def test_ladder_stops_at_eager_when_only_eager_starts(runs_dir, text_model):
     result = run_cli(["ladder"], env)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((runs_dir / "fake-model" / "latest-ladder" / "ladder.json").read_text())
-    assert [(r["rung"], r["verdict"]) for r in summary["rungs"]] == [("reproduce", "FAIL"), ("eager", "PASS")]
+    # xlite: the fake backend captures no graphs, so the XliteGraph rung does not apply
+    assert [(r["rung"], r["verdict"]) for r in summary["rungs"]] == [("reproduce", "FAIL"), ("xlite", "SKIPPED"),
+                                                                      ("eager", "PASS")]
     assert summary["fixed_by"] == "eager" and summary["deterministic"] is True
     assert summary["moved"] == []
     assert "fixed by rung: eager" in result.stdout
+    assert summary["moved_away"]["rung"] == "eager" and "failure moved away at rung eager" in result.stdout
     for row in summary["rungs"]:
-        assert record(runs_dir, "fake-model", f"ladder-{row['rung']}")["run_dir"] == row["run_dir"]
+        if row["verdict"] != "SKIPPED":
+            assert record(runs_dir, "fake-model", f"ladder-{row['rung']}")["run_dir"] == row["run_dir"]
     assert "--enforce-eager" not in record(runs_dir, "fake-model", "ladder-reproduce")["command"]["argv"]
 
 
@@ -126,8 +130,8 @@ def test_ladder_tries_dynamo_disable_after_a_dynamo_signature_and_skips_text_onl
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((runs_dir / "fake-model" / "latest-ladder" / "ladder.json").read_text())
     assert [(r["rung"], r["verdict"]) for r in summary["rungs"]] == [
-        ("reproduce", "FAIL"), ("eager", "FAIL"), ("dynamo-disable", "PASS")]
-    assert "dynamo-related failure" in summary["rungs"][2]["applies_because"]
+        ("reproduce", "FAIL"), ("xlite", "SKIPPED"), ("eager", "FAIL"), ("dynamo-disable", "PASS")]
+    assert "dynamo-related failure" in summary["rungs"][3]["applies_because"]
     assert summary["deterministic"] is None, "no earlier stage-a run to compare with"
     assert summary["fixed_by"] == "dynamo-disable"
 
@@ -138,8 +142,9 @@ def test_ladder_skips_dynamo_when_unrelated_reaches_text_only_and_reports_the_mo
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((runs_dir / "tiny-vl" / "latest-ladder" / "ladder.json").read_text())
     assert [(r["rung"], r["verdict"]) for r in summary["rungs"]] == [
-        ("reproduce", "FAIL"), ("eager", "FAIL"), ("dynamo-disable", "SKIPPED"), ("text-only", "PASS")]
-    assert "not dynamo-related" in summary["rungs"][2]["reason"]
+        ("reproduce", "FAIL"), ("xlite", "SKIPPED"), ("eager", "FAIL"), ("dynamo-disable", "SKIPPED"),
+        ("text-only", "PASS")]
+    assert "not dynamo-related" in summary["rungs"][3]["reason"]
     assert summary["fixed_by"] == "text-only"
 
 
@@ -148,7 +153,7 @@ def test_ladder_with_no_passing_rung_exits_1_and_says_what_next(runs_dir, text_m
     result = run_cli(["ladder"], env)
     assert result.returncode == 1
     summary = json.loads((runs_dir / "fake-model" / "latest-ladder" / "ladder.json").read_text())
-    assert [r["verdict"] for r in summary["rungs"]] == ["FAIL", "FAIL", "FAIL", "SKIPPED"]
+    assert [r["verdict"] for r in summary["rungs"]] == ["FAIL", "SKIPPED", "FAIL", "FAIL", "SKIPPED"]
     assert summary["fixed_by"] is None and summary["status"] == "done"
     assert "no rung passed" in result.stdout
     assert "failure moved: no" in result.stdout

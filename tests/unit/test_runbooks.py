@@ -45,7 +45,7 @@ SERVER_ENV_PREFIXES = {"TORCHDYNAMO_DISABLE", "HCCL_OP_EXPANSION_MODE", "PYTORCH
 EXAMPLE = {"model": "/models/Qwen3-8B", "tp": "8", "max_model_len": "32768", "max_num_seqs": "",
            "stage": "b", "host": "127.0.0.1", "port": "8000"}
 # Golden blocks that must exist: removing one from the runbooks fails the test.
-REQUIRED_GOLDEN = {"stage-a", "stage-b", "eager", "dynamo-fallback", "text-only", "ep", "reduced-layers"}
+REQUIRED_GOLDEN = {"stage-a", "stage-b", "eager", "dynamo-fallback", "text-only", "ep", "reduced-layers", "xlite"}
 # The layer override the runbooks show for a reduced-layers smoke run.
 REDUCTION = '{"num_hidden_layers":2}'
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)[ \t]*\n(?P<body>.*?)^```[ \t]*$", re.M | re.S)
@@ -277,6 +277,8 @@ def golden_variant(name: str) -> tuple[str, Variant]:
         return "b", Variant(name, list(rules["ep"]["flags"]))
     if name == "reduced-layers":  # what EXTRA_ARGS adds for a layer-reduced smoke run
         return "b", Variant(name, split_extra_args(f"--hf-overrides '{REDUCTION}'"))
+    if name == "xlite":
+        return "b", Variant(name, list(rules["xlite"]["flags"]))
     if name == "mtp":
         flags = [Template(f).substitute(mtp_config_layers=1) for f in rules["mtp"]["flags"]]
         return "b", Variant(name, flags)

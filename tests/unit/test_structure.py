@@ -29,6 +29,9 @@ LAYERS = {
 }
 ORDER = list(LAYERS)
 MAX_LINES = 460
+# issue 13: the graph-mode rules (data) and a run's defaults from triage (engine)
+LAYERS["data"] |= {"graphmode"}
+LAYERS["engine"] |= {"defaults"}
 
 
 def modules() -> dict[str, Path]:

@@ -342,7 +342,7 @@ def test_flashcomm1_follows_the_installed_vllm_ascend():
 
 def test_every_feature_rule_has_the_shape_the_gates_rely_on():
     rules = features.load_rules()
-    assert [r.id for r in rules.features] == ["aclgraph", "ep", "flashcomm1", "mtp", "multimodal"]
+    assert [r.id for r in rules.features] == ["aclgraph", "ep", "flashcomm1", "mtp", "multimodal", "xlite"]
     for category in features.CATEGORIES:
         assert category in rules.categories
     assert rules.verdict("not-applicable") == "NOT_APPLICABLE" and rules.verdict("supported") is None
