@@ -31,17 +31,17 @@ demo: setup ## The embedded default: a generated tiny model on the CPU backend; 
 test: setup ## Run the whole test suite (unit + real CPU-backend integration)
 	@scripts/test.sh
 
-# --- 0. environment and hygiene, 1. triage
+# --- 0. environment: hygiene and context, 1. triage
 hygiene: setup ## Stop servers this tool started (from its state files) and check PORT is free
 	@scripts/hygiene.sh
+
+context: setup ## Collect the context: roots (HEAD, dirty), versions and import paths, NPU processes, port -> context.json
+	@scripts/context.sh
 
 triage: setup ## Triage MODEL: config, weight coverage, vLLM registry, features, TP plan -> runs/<model>/triage.json
 	@scripts/triage.sh
 
-# --- context, the model's code changes, where am I (issue 14)
-context: setup ## Collect the context: roots (HEAD, dirty), versions and import paths, NPU processes, port -> context.json
-	@scripts/context.sh
-
+# --- 1b. the model's code changes in the implementation roots; where am I
 changes: setup ## The model's code changes in VLLM_SRC / VLLM_ASCEND_SRC: classified, py_compile, registry -> changes.json
 	@scripts/changes.sh
 
@@ -65,7 +65,7 @@ flashcomm1: setup ## Feature flashcomm1 (MoE, vllm-ascend; switched on as the in
 mtp: setup ## Feature MTP: speculative config when the checkpoint has MTP layers
 	@scripts/gate.sh mtp
 
-# --- issue 13: the guide's other graph mode (a gate and the ladder rung before eager)
+# --- 4b. the graph mode guide's other mode: XliteGraph (a gate, and the ladder rung before eager)
 xlite: setup ## XliteGraph (xlite_graph_config, full mode): needs the xlite package and a covered architecture
 	@scripts/gate.sh xlite
 .PHONY: xlite

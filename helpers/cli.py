@@ -338,7 +338,7 @@ def matrix_cmd(exit_code: bool) -> None:
         sys.exit(matrix.exit_code(data))
 
 
-# --- context, changes, status (issue 14: the engineer's side of bring-up) ------------------------
+# --- context, changes, status: the engineer's side of bring-up ---------------------------------------
 
 def _show(settings, as_json: bool, record: dict, table: str) -> None:
     """The record as JSON (--json or JSON=1), else the table a person reads."""

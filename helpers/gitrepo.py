@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from helpers import sourcetree
 from helpers.errors import EnvironmentProblem
 
 
@@ -26,8 +27,8 @@ def ok(repo: Path, *args: str) -> bool:
 
 def toplevel(path: Path) -> Path | None:
     """The work tree root holding `path`, or None when it is not in a git work tree."""
-    result = subprocess.run(["git", "-C", str(path), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
-    return Path(result.stdout.strip()).resolve() if result.returncode == 0 else None
+    top = sourcetree.toplevel(path)
+    return top.resolve() if top else None
 
 
 def status(repo: Path) -> list[tuple[str, str]]:

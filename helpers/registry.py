@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import box
+from helpers import box, sourcetree
 from helpers import evidence as ev
 from helpers.serve import stop_child_group
 
@@ -118,33 +118,13 @@ def finish_registry_probe(process: subprocess.Popen | None, architectures: list[
 
 # --- the cache ------------------------------------------------------------------------------
 
-def _git(root: Path, *args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout if done.returncode == 0 else None
-
-
 def tree_state(root: Path | None) -> str:
     """A fingerprint of a source tree: git HEAD + every dirty file's size and mtime, or (not a git
     work tree) the directory's mtime. Cheap: no file content is read."""
     if root is None or not root.is_dir():
         return "absent"
-    head = _git(root, "rev-parse", "HEAD")
-    if head is None:
-        return f"dir {root.stat().st_mtime_ns}"
-    status = _git(root, "status", "--porcelain=v1", "-z", "--untracked-files=all") or ""
-    top = Path((_git(root, "rev-parse", "--show-toplevel") or str(root)).strip())
-    parts = [head.strip()]
-    for entry in filter(None, status.split("\0")):
-        path = top / entry[3:]
-        try:
-            stat = path.stat()
-            parts.append(f"{entry}:{stat.st_size}:{stat.st_mtime_ns}")
-        except OSError:
-            parts.append(f"{entry}:gone")
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    info = sourcetree.inspect(root)
+    return info.fingerprint if info.git else f"dir {root.stat().st_mtime_ns}"
 
 
 def cache_key(roots: dict[str, Path | None]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import ascend_facts, graphmode, hf_id, layers, parallel, profiles
+from helpers import ascend_facts, graphmode, hf_id, layers, parallel, profiles, sourcetree
 from helpers import checkpoint as ckpt
 from helpers import coverage as coverage_check
 from helpers import evidence as ev
@@ -176,17 +176,13 @@ def next_commands(name: str, record_bits: dict[str, Any]) -> list[dict[str, str]
 def triage(settings: Settings, model: Model, *, registry: bool = True, registry_timeout: float = 120.0,
            backend: str | None = None) -> TriageRecord:
     started = time.monotonic()
-    query = (RegistryQuery(implementation_roots(settings), settings.runs_dir)
+    query = (RegistryQuery(sourcetree.implementation_roots(settings), settings.runs_dir)
              if registry and model.facts.architectures else None)
     try:
         return _triage(settings, model, query, registry, registry_timeout, backend, started)
     finally:
         if query is not None:
             query.cancel()  # only our own probe, on an early exit
-
-
-def implementation_roots(settings: Settings) -> dict[str, Path | None]:
-    return {"VLLM_SRC": settings.vllm_src, "VLLM_ASCEND_SRC": settings.vllm_ascend_src}
 
 
 def _triage(settings: Settings, model: Model, query: RegistryQuery | None, registry_wanted: bool,
@@ -247,7 +243,7 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
 
     backend = (backend_name or settings.backend or "").strip().lower() or profiles.detect_backend()
     profile = profiles.load(backend)
-    facts_box = profile.facts_box(implementation_roots(settings))
+    facts_box = profile.facts_box(sourcetree.implementation_roots(settings))
     default_tp = int(profile.defaults.get("tp", 1) or 1)
     if has_weights:
         weight_bytes, weight_source = scan.data_bytes, "safetensors headers"
@@ -407,7 +403,7 @@ def stale_because(record: dict[str, Any], model_dir: Path, backend: str, version
 def current_facts(settings: Settings, model: Model, backend: str,
                   out: Callable[[str], None] | None = None) -> TriageFacts:
     """triage.json when it is fresh; else triage in-process without the registry (and written)."""
-    versions = profiles.load(backend).facts_box(implementation_roots(settings)).versions()
+    versions = profiles.load(backend).facts_box(sourcetree.implementation_roots(settings)).versions()
     path = triage_path(model)
     record: dict[str, Any] | None = None
     why = "there is no triage.json"
