@@ -193,5 +193,5 @@ def test_catalog_entries_point_at_facts_for_version_bound_texts():
     assert {"flashcomm-needs-tp", "flashcomm-deprecated", "stream-exhaustion-wrapped", "mtp-method-deprecated",
             "quantization-not-supported-npu", "soc-mismatch"} <= set(bound)
     assert all(f in facts for f in bound.values())
-    assert {e.key for e in CATALOG.extractors if e.fact} >= {"graph_replay", "expert_parallel", "flashcomm1_runtime",
+    assert {e.key for e in CATALOG.extractors if e.fact} >= {"graph_replay", "expert_parallel", "ep_worker", "flashcomm1_runtime",
                                                            "flashcomm1_accepted", "torch_compile"}
