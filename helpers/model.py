@@ -79,14 +79,15 @@ def resolve(settings: Settings, *, evidence_only: bool = False) -> Model:
     on this box is fine as long as RUNS_DIR holds its evidence."""
     try:
         path = find_checkpoint(settings)
-    except UsageError:
+    except UsageError as no_checkpoint:
         if not evidence_only or not settings.model.strip():
             raise
         name = ev.safe_name(Path(settings.model).name)
         runs = ev.model_runs_dir(settings.runs_dir, name)
         if not runs.is_dir():
-            raise UsageError(f"no evidence for {settings.model!r}: {runs} does not exist",
-                             "run `make stage-a` / `make stage-b` first, or set RUNS_DIR") from None
+            # a typo in MODEL looks like this too: name both places looked at
+            raise UsageError(f"no evidence for {settings.model!r}: {runs} does not exist, and {no_checkpoint.message}",
+                             "check the name (MODEL_ROOT, RUNS_DIR), or run `make stage-a` first") from None
         return Model(settings.model, None, name, runs, settings.served_name or Path(settings.model).name)
     name = ev.safe_name(path.name)
     config = read_config(path)
