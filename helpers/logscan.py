@@ -17,6 +17,7 @@ separated segments (tqdm bars); each is matched on its own and shares the line's
 from __future__ import annotations
 
 import ast
+import os
 import re
 import time
 from bisect import bisect_left
@@ -27,7 +28,7 @@ from typing import Any
 
 from helpers.catalog import Catalog, Extractor, load_catalog
 from helpers.logline import ANSI, split_prefix
-from helpers.multifind import multi_find
+from helpers.multifind import literal_index, multi_find
 
 TRACEBACK_START = "Traceback (most recent call last):"
 CHAIN_MARKERS = ("During handling of the above exception", "The above exception was the direct cause")
@@ -94,15 +95,6 @@ class Traceback:
 
 
 # --- scanner ---------------------------------------------------------------------------------
-def _matches(needles: tuple[str, ...] | None, text: str) -> bool:
-    if needles is None:
-        return True
-    for needle in needles:
-        if needle in text:
-            return True
-    return False
-
-
 def _convert(kind: str, value: str) -> Any:
     if kind == "int":
         return int(value.replace(",", ""))
@@ -123,6 +115,9 @@ class LogScanner:
     def __init__(self, catalog: Catalog | None = None) -> None:
         self.catalog = catalog or load_catalog()
         self.gates = multi_find(self.catalog.runtime_gates)
+        # the signatures' required literals, then the extractors': one pass per line for all
+        self.literals = literal_index(tuple(s.needles for s in self.catalog.signatures)
+                                      + tuple(x.needles for x in self.catalog.extractors))
         self.line_no = 0
         self.last_line_at: float | None = None
         self.phase = "starting"
@@ -263,18 +258,22 @@ class LogScanner:
             if self.stop_line is None and pattern.search(text):
                 self.stop_line = line_no
                 self.stopped_by = text.strip()
-        for ex in cat.extractors:
-            if ex.vllm_prefix_only and not prefixed:
+        candidates = self.literals.candidates(text)
+        first_extractor = len(cat.signatures)
+        for index in candidates:
+            if index < first_extractor:
                 continue
-            if not _matches(ex.needles, text):
+            ex = cat.extractors[index - first_extractor]
+            if ex.vllm_prefix_only and not prefixed:
                 continue
             em = ex.pattern.search(text)
             if em:
                 self._record_evidence(ex, em, text, line_no)
-        for sig in cat.signatures:
+        for index in candidates:
+            if index >= first_extractor:
+                break
+            sig = cat.signatures[index]
             if sig.severity == "failure" and after_stop:
-                continue
-            if not _matches(sig.needles, text):
                 continue
             if sig.pattern.search(text):
                 hit = Hit(sig.id, sig.category, sig.severity, line_no, text.strip(), proc, sig.hint_zh, sig.hint_en,
@@ -426,12 +425,13 @@ class LogScanner:
 def scan_file(path: str | Path, catalog: Catalog | None = None, chunk_size: int = CHUNK_SIZE) -> LogScanner:
     """Scan a whole log file in constant memory."""
     scanner = LogScanner(catalog)
-    buffer = bytearray(chunk_size)  # reused: a fresh 4 MiB buffer per read costs page faults
     with open(path, "rb") as fh:
+        # one buffer, reused: a fresh 4 MiB buffer per read costs page faults; a small file a small one
+        buffer = bytearray(min(chunk_size, max(os.fstat(fh.fileno()).st_size + 1, 1 << 16)))
         while True:
             size = fh.readinto(buffer)
             if not size:
                 break
-            scanner.feed(buffer if size == chunk_size else buffer[:size])
+            scanner.feed(buffer if size == len(buffer) else buffer[:size])
     scanner.finish()
     return scanner

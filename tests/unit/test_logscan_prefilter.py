@@ -1,9 +1,10 @@
 """The log scan's prefilters never drop a line its regexes match.
 
 Two prefilters stand before the catalog's regexes (helpers/logscan.py): the required literals of
-each signature's and extractor's regex (helpers/catalog.py required_literals), and, after
-`Application startup complete`, the catalog's runtime gates, searched for all at once
-(helpers/multifind.py: ahocorasick-rs, or one bytes.find pass per gate without it). Checked on
+each signature's and extractor's regex (helpers/catalog.py required_literals), all looked for in
+one pass per line (helpers/multifind.py LiteralIndex), and, after `Application startup complete`,
+the catalog's runtime gates, searched for all at once (MultiFind). Both use ahocorasick-rs, or
+plain `in` / bytes.find without it. Checked on
 every line of the real-log corpus (tests/fixtures/logs/**) and on the catalog's own examples and
 near misses; the scanner must answer the same with either gate search. No server, no network.
 """
@@ -18,7 +19,7 @@ import pytest
 from helpers import multifind
 from helpers.catalog import load_catalog
 from helpers.logscan import LogScanner
-from helpers.multifind import MultiFind, multi_find
+from helpers.multifind import LiteralIndex, MultiFind, multi_find
 from test_corpus import CORPUS_FILES, CORPUS_LINES
 
 CATALOG = load_catalog()
@@ -37,6 +38,19 @@ def test_required_literals_never_drop_a_line_the_regex_matches(name, pattern, ne
         return  # no prefilter: the regex alone decides
     dropped = [line for line in matched if not any(n in line for n in needles)]
     assert not dropped, f"{name}: prefilter {needles} would drop {dropped[:3]}"
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["ahocorasick-rs", "plain"])
+def test_the_literal_index_offers_every_regex_that_matches(fast):
+    """The scanner runs only the regexes the index names: one it leaves out must not match."""
+    index = LiteralIndex(tuple(needles for _, _, needles in ENTRIES), fast=fast)
+    assert (index._automaton is not None) == (fast and multifind.ahocorasick_rs is not None)
+    plain = LiteralIndex(index.required, fast=False)
+    for line in CORPUS_LINES + OWN_LINES + ["", "E", "EngineDeadError EngineDeadError", "Watchdog" * 3]:
+        offered = index.candidates(line)
+        assert offered == sorted(set(offered)) == plain.candidates(line), line
+        matching = [i for i, (_, pattern, _) in enumerate(ENTRIES) if pattern.search(line)]
+        assert set(matching) <= set(offered), (line, [ENTRIES[i][0] for i in set(matching) - set(offered)])
 
 
 def test_most_regexes_have_a_prefilter():
@@ -103,6 +117,7 @@ def test_a_literal_with_a_newline_is_refused():
 def _scan(path: Path, fast: bool, chunk: int) -> dict:
     scanner = LogScanner(CATALOG)
     scanner.gates = MultiFind(CATALOG.runtime_gates, fast=fast)
+    scanner.literals = LiteralIndex(scanner.literals.required, fast=fast)
     data = path.read_bytes()
     for at in range(0, len(data), chunk):
         scanner.feed(data[at:at + chunk])
@@ -110,7 +125,7 @@ def _scan(path: Path, fast: bool, chunk: int) -> dict:
     return scanner.to_dict()
 
 
-def test_the_scanner_answers_the_same_with_either_gate_search(tmp_path):
+def test_the_scanner_answers_the_same_with_either_search(tmp_path):
     serving = tmp_path / "serving.log"
     text = _mixed_text()
     # the corpus once more behind a ready line: its failures are now read in gated mode
