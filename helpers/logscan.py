@@ -5,7 +5,8 @@ from a file, and keeps constant memory: it never stores lines, only bounded hit 
 extracted evidence.
 
 Two reading modes keep multi-GB logs fast:
-- full mode (startup, open tracebacks): every line is parsed and matched;
+- full mode (startup, open tracebacks): every line is parsed and matched (only the regexes one
+  of whose required literals is in the line run; all literals found in one pass);
 - gated mode (after `Application startup complete`): only lines holding one of the catalog's
   `runtime_gates` substrings are parsed, found for all gates at once in one pass over the whole
   chunk (helpers/multifind.py).
@@ -204,7 +205,8 @@ class LogScanner:
                     gate_hits = self.gates.offsets(data, pos, end)
                 pos = self._consume_gated(data, pos, end, new, gate_hits)
 
-    def _consume_gated(self, data: bytes | bytearray, pos: int, end: int, new: list[Hit], gate_hits: list[int]) -> int:
+    def _consume_gated(self, data: bytes | bytearray, pos: int, end: int, new: list[Hit],
+                       gate_hits: list[int]) -> int:
         """Jump from gate hit to gate hit; count the lines skipped. Returns where it stopped."""
         find = data.find
         index = bisect_left(gate_hits, pos)

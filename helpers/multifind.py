@@ -1,10 +1,11 @@
-"""Find where any of several literal byte strings occur, in one pass over the text.
+"""Find where any of several literals occur, in one pass over the text.
 
-The log scanner's gated mode (helpers/logscan.py) asks, for every chunk of a multi-GB log, which
-lines hold one of the catalog's `runtime_gates`. One `bytes.find` pass per gate made the scan
-slower with every gate added; ahocorasick-rs (Rust `aho-corasick`, SIMD "Teddy" search for
-small literal sets) answers for all of them in one pass at several GB/s. Without it (a box where
-the wheel does not install) the same answer comes from one `bytes.find` pass per literal.
+The log scanner (helpers/logscan.py) asks two such questions. In gated mode, for every chunk of a
+multi-GB log: which lines hold one of the catalog's `runtime_gates` (MultiFind). In full mode,
+for every line: which regexes' required literals it holds (LiteralIndex). One search per literal
+made the scan slower with every gate or signature added; ahocorasick-rs (Rust `aho-corasick`,
+SIMD "Teddy" search for small literal sets) answers for all of them in one pass. Without it (a
+box where the wheel does not install) the same answers come from one search per literal.
 """
 
 from __future__ import annotations
