@@ -24,7 +24,9 @@ fi
 
 slow_report="$(mktemp)"
 trap 'rm -f "$slow_report"' EXIT
-"$PY" -m pytest -ra --durations=15 -p no:cacheprovider -m slow >"$slow_report" 2>&1 &
+# bash starts a background command with Ctrl-C ignored: give it back, so that Ctrl-C stops both
+# sessions and each stops the servers of its own tests
+env --default-signal=INT "$PY" -m pytest -ra --durations=15 -p no:cacheprovider -m slow >"$slow_report" 2>&1 &
 slow_pid=$!
 fast_status=0
 "$PY" -m pytest -ra --durations=15 -m "not slow" || fast_status=$?
