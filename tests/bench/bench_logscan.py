@@ -22,6 +22,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "logs" / "cpu"
+# The figure before the gates were searched in one pass (README's Measured table, 2026-11-23:
+# one bytes.find pass per runtime gate), printed beside today's rate.
+BEFORE_MB_S = 153
+# Lines read in full (a startup, an open traceback): every regex used to cost its own check per
+# line; 35,700 lines per CPU-second on the corpus below, measured 2026-12-04 before issue 22.
+BEFORE_FULL_LINES_PER_CPU_S = 35_700
+CORPUS = [*sorted((REPO / "tests" / "fixtures" / "logs").rglob("*.log")),
+          REPO / "tests" / "fixtures" / "capacity" / "kv-too-small.log"]
 
 
 def _startup_and_crash() -> tuple[list[str], list[str]]:
@@ -80,13 +88,30 @@ def generate(path: Path, size_mb: int) -> int:
 
 
 def scan_child(path: str) -> None:
+    from helpers.catalog import load_catalog
     from helpers.diagnosis import diagnose
+    from helpers.multifind import multi_find
 
+    engine = multi_find(load_catalog().runtime_gates).engine
     t0, c0 = time.perf_counter(), time.process_time()
     diag = diagnose(path)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     print(json.dumps({"seconds": seconds, "cpu_seconds": cpu, "verdict": diag.verdict, "category": diag.category,
-                      "root_cause_line": diag.root_cause_line, "lines": diag.lines}))
+                      "root_cause_line": diag.root_cause_line, "lines": diag.lines, "engine": engine}))
+
+
+def full_mode_rate(rounds: int = 5) -> float:
+    """Lines per CPU-second over the real-log corpus, read in full (best of three)."""
+    from helpers.logscan import load_catalog, scan_file
+
+    load_catalog()
+    best = float("inf")
+    for _ in range(3):
+        c0, lines = time.process_time(), 0
+        for _ in range(rounds):
+            lines += sum(scan_file(path).line_no for path in CORPUS)
+        best = min(best, time.process_time() - c0)
+    return lines / best
 
 
 def main() -> int:
@@ -115,6 +140,10 @@ def main() -> int:
         print(f"scanned {result['lines']} lines in {result['seconds']:.2f} s: {speed:.0f} MB/s wall, "
               f"{size / 1e6 / result['cpu_seconds']:.0f} MB per CPU second, max RSS {rss_mb:.0f} MB "
               f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+        print(f"log scan rate: {speed:.0f} MB/s now (gates searched with {result['engine']}) "
+              f"against {BEFORE_MB_S} MB/s before; target >= 500 MB/s")
+        print(f"lines read in full (startups, tracebacks; the real-log corpus): {full_mode_rate():,.0f} per CPU "
+              f"second now against {BEFORE_FULL_LINES_PER_CPU_S:,} before")
         print(f"diagnosis: {result['verdict']} {result['category']} root cause line {result['root_cause_line']} "
               f"(expected {expected_root}): {'correct' if ok else 'WRONG'}")
         return 0 if ok else 1

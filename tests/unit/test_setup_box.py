@@ -16,7 +16,7 @@ import pytest
 
 from conftest import base_env, run_make
 
-NEEDED = ("click", "requests", "PyYAML", "Jinja2")
+NEEDED = ("click", "requests", "PyYAML", "Jinja2", "ahocorasick_rs")
 
 
 def build_wheel(directory: Path, name: str, version: str, requires: tuple[str, ...] = ()) -> Path:
@@ -66,7 +66,8 @@ def installed(venv: Path, name: str) -> str:
 def box(tmp_path):
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    for name, version in (("click", "8.1.7"), ("requests", "2.32.3"), ("PyYAML", "6.0.2")):
+    for name, version in (("click", "8.1.7"), ("requests", "2.32.3"), ("PyYAML", "6.0.2"),
+                          ("ahocorasick_rs", "1.0.3")):
         build_wheel(wheels, name, version)
     build_wheel(wheels, "transformers", "4.58.0")  # the newer one pip would happily install
     venv = tmp_path / "venv"

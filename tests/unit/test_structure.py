@@ -32,6 +32,8 @@ MAX_LINES = 460
 # issue 13: the graph-mode rules (data) and a run's defaults from triage (engine)
 LAYERS["data"] |= {"graphmode"}
 LAYERS["engine"] |= {"defaults"}
+# issue 22: the log scan searches all runtime gates in one pass
+LAYERS["data"] |= {"multifind"}
 
 
 def modules() -> dict[str, Path]:
