@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from helpers import ascend_facts
 from helpers.logline import ANSI
 
 RULES_PATH = Path(__file__).with_name("phases.yaml")
@@ -49,6 +50,10 @@ class Rule:
 @lru_cache(maxsize=1)
 def rules() -> tuple[Rule, ...]:
     data = yaml.safe_load(RULES_PATH.read_text(encoding="utf-8"))
+    facts = ascend_facts.load()
+    unknown = [w["fact"] for m in data["milestones"] for w in m["lines"] if w.get("fact") and w["fact"] not in facts]
+    if unknown:
+        raise ValueError(f"{RULES_PATH.name}: facts not in helpers/ascend_facts.yaml: {', '.join(unknown)}")
     return tuple(Rule(m["name"], tuple(Wording(re.compile(w["regex"]), w["needle"], w["source"]) for w in m["lines"]),
                       m.get("after")) for m in data["milestones"])
 
