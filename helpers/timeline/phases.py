@@ -29,6 +29,7 @@ RULES_PATH = Path(__file__).with_name("phases.yaml")
 SCHEMA = 1
 PROCESS_UP = "process up"
 FAILURE = "failure"
+GRAPH = "graph captured"
 STAMP = re.compile(r"\b(?:INFO|WARNING|ERROR|DEBUG|CRITICAL) (\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)")
 CLOCK_SLACK_S = 5.0  # stamps have whole seconds; started_at too
 
@@ -71,6 +72,11 @@ class Milestone:
     text: str
     seconds: float | None = None  # what the line prints (`took 3.10 seconds`)
     gib: float | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Both figures known: later lines of this milestone have nothing to add."""
+        return self.seconds is not None and self.gib is not None
 
 
 @dataclass
@@ -119,8 +125,8 @@ def read_log(path: Path, failure_line: int | None = None) -> LogReading:
             if failure_line is not None and line_no == failure_line:
                 reading.found[FAILURE] = Milestone(FAILURE, line_no, last, stamped, line.strip()[:300])
             for rule in rules():
-                seen = rule.name in reading.found
-                if (seen and rule.name != "graph captured") or (rule.after and rule.after not in reading.found):
+                seen = reading.found.get(rule.name)
+                if (rule.after and rule.after not in reading.found) or (seen and seen.complete and rule.name != GRAPH):
                     continue
                 for wording in rule.wordings:
                     if wording.needle not in line:
@@ -129,8 +135,12 @@ def read_log(path: Path, failure_line: int | None = None) -> LogReading:
                     if hit:
                         milestone = Milestone(rule.name, line_no, last, stamped, line.strip()[:300],
                                               _number(hit, "seconds"), _number(hit, "gib"))
-                        reading.found.setdefault(rule.name, milestone)
-                        if rule.name == "graph captured":
+                        if seen is None:
+                            reading.found[rule.name] = milestone
+                        else:  # a later line of the same milestone adds the figure the first lacked
+                            seen.seconds = seen.seconds if seen.seconds is not None else milestone.seconds
+                            seen.gib = seen.gib if seen.gib is not None else milestone.gib
+                        if rule.name == GRAPH:
                             reading.graph_lines.append(milestone)
                         break
             if wanted <= set(reading.found) and (failure_line is None or line_no >= failure_line):

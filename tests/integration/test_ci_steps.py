@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,30 @@ def run_step(command: str, env: dict) -> subprocess.CompletedProcess:
     command = command.replace(".venv/bin/python", sys.executable)  # the venv make setup made
     return subprocess.run(["bash", "-e", "-c", command], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600)
+
+
+def check_the_recorded_start_timeline(model_dir: Path) -> None:
+    """Stage B of the replayed v0.11 start: the graph capture's seconds and GiB and each phase as
+    serve.log prints them (the recorded stamps: the replay keeps them)."""
+    record = json.loads((model_dir / "latest-stage-b" / "evidence.json").read_text())
+    lines = (model_dir / "latest-stage-b" / "serve.log").read_bytes().decode("utf-8", "replace").split("\n")
+    timeline = record["timeline"]
+    graph = timeline["graph_capture"]
+    captured = re.search(r"Graph capturing finished in (\d+) secs, took ([\d.]+) GiB", lines[graph["line_no"] - 1])
+    assert (graph["seconds"], graph["gib"]) == (float(captured.group(1)), float(captured.group(2)))
+    stamp = re.compile(r" (\d\d-\d\d \d\d:\d\d:\d\d) \[")
+
+    def seconds_at(line_no: int) -> float:
+        found = next(stamp.search(lines[n - 1]) for n in range(line_no, 0, -1) if stamp.search(lines[n - 1]))
+        return datetime.strptime(f"2025-{found.group(1)}", "%Y-%m-%d %H:%M:%S").timestamp()
+
+    zero = seconds_at(next(n for n, line in enumerate(lines, start=1) if stamp.search(line)))
+    seen = [p for p in timeline["phases"] if p["status"] == "seen" and p["name"] != "process up"]
+    names = [p["name"] for p in seen]
+    assert names.index("graph captured") < names.index("ready") < names.index("replay seen")
+    for phase in seen:
+        assert phase["end_s"] - (timeline["phases"][0]["duration_s"] or 0.0) == seconds_at(phase["line_no"]) - zero
+    assert record["log_scan"]["ready_line"] <= next(p["line_no"] for p in seen if p["name"] == "replay seen")
 
 
 def test_the_job_runs_the_checklist_make_targets_and_summarises_the_matrix(tmp_path):
@@ -82,7 +107,8 @@ def test_the_job_runs_the_checklist_make_targets_and_summarises_the_matrix(tmp_p
     assert "First run of this model: nothing to compare." in summary
     matrix_cases = {c.get("name") for c in ET.parse(junit / "matrix.xml").getroot().findall("testcase")}
     assert {"stage-a", "stage-b", "ep", "flashcomm1", "mtp"} <= matrix_cases
-    assert "weights loaded" in summary or "graph captured" in summary, "the phases of the starts"
+    assert "graph captured" in summary and "replay seen" in summary, "the phases of the starts"
+    check_the_recorded_start_timeline(model_dir)
 
     # the next run: the matrix of this one is its before; nothing changed, and then one cell did
     step_summary.unlink()

@@ -175,3 +175,13 @@ def test_without_matplotlib_one_line_says_so_and_nothing_is_drawn(tmp_path, monk
     shown = pictures(model_dir, tmp_path / "out")
     assert shown["timeline_png"] is None and shown["charts_missing"].startswith("matplotlib is not installed")
     assert len(shown["starts"]) == 1 and not (model_dir / "timeline.png").exists()
+
+
+def test_a_later_line_of_the_same_milestone_adds_the_figure_the_first_lacked(tmp_path):
+    """vllm-ascend prints the load time (vLLM's loader) and then the weights' memory (its model runner)."""
+    log = tmp_path / "serve.log"
+    log.write_text("(EngineCore_DP0 pid=299) INFO 12-15 11:45:00 [core.py:1] Initializing a V1 LLM engine (v0.11.0)\n"
+                   "(EngineCore_DP0 pid=299) INFO 12-15 11:45:16 [default_loader.py:267] Loading weights took 2.07 seconds\n"
+                   "(EngineCore_DP0 pid=299) INFO 12-15 11:45:17 [model_runner_v1.py:2705] Loading model weights took 15.2684 GB\n")
+    weights = next(p for p in phases.timeline_of_log(log, {})["phases"] if p["name"] == "weights loaded")
+    assert (weights["seconds"], weights["gib"], weights["line_no"], weights["end_s"]) == (2.07, 15.2684, 2, 16.0)
