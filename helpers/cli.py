@@ -397,7 +397,10 @@ def status_cmd(as_json: bool) -> None:
 
     model = _model(settings, evidence_only=True)
     record = status.collect(settings, model)
-    _show(settings, as_json, record, status.render_table(record) + "\n" + render_text(starts_of(model.runs_dir, last=5)))
+    starts = starts_of(model.runs_dir, last=5)
+    record["starts"] = [{"run_dir": str(s.run_dir), "step": s.step, "verdict": s.verdict, "timeline": s.timeline}
+                        for s in starts]
+    _show(settings, as_json, record, status.render_table(record) + "\n" + render_text(starts))
 
 
 def restore_box_pythonpath() -> None:

@@ -185,3 +185,27 @@ def test_a_later_line_of_the_same_milestone_adds_the_figure_the_first_lacked(tmp
                    "(EngineCore_DP0 pid=299) INFO 12-15 11:45:17 [model_runner_v1.py:2705] Loading model weights took 15.2684 GB\n")
     weights = next(p for p in phases.timeline_of_log(log, {})["phases"] if p["name"] == "weights loaded")
     assert (weights["seconds"], weights["gib"], weights["line_no"], weights["end_s"]) == (2.07, 15.2684, 2, 16.0)
+
+
+def test_each_capacity_cell_is_reproduced_by_vllm_bench_serve_with_its_own_load(tmp_path):
+    """The command beside capacity.png (report) and under the tutorial's Performance table: the
+    load the cell sent (loadgen's own argv), against the server its command.sh starts."""
+    from helpers import loadgen
+    from helpers.templating import render
+    from helpers.timeline.report import bench_command
+
+    run_dir = tmp_path / "20261121T213800Z-capacity-s4-l4096"
+    run_dir.mkdir()
+    argv = ["vllm", "serve", "/models/Qwen3-8B", "--served-model-name", "Qwen3-8B", "--port", "8011",
+            "--max-num-seqs", "4", "--max-model-len", "4096", "--trust-remote-code"]
+    (run_dir / "evidence.json").write_text(json.dumps({"model_path": "/models/Qwen3-8B", "command": {"argv": argv}}))
+    cell = {"key": "s4-l4096", "max_num_seqs": 4, "max_model_len": 4096, "input_len": 3968, "output_len": 128,
+            "num_prompts": 4, "verdict": "PASS", "run_dir": str(run_dir)}
+    expected = loadgen.bench_serve_argv(url="http://127.0.0.1:8011", model_path="/models/Qwen3-8B",
+                                        served_name="Qwen3-8B", input_len=3968, output_len=128, num_prompts=4,
+                                        concurrency=4, result_dir=".", result_filename="bench-s4-l4096.json",
+                                        trust_remote_code=True)
+    assert bench_command(cell) == " ".join(expected)
+    assert bench_command(dict(cell, run_dir=str(tmp_path / "gone"))) is None, "no evidence: no command invented"
+    text = render("tutorial_bench.md.j2", pictures={"bench": [{"key": "s4-l4096", "command": bench_command(cell)}]})
+    assert "# s4-l4096\n" + " ".join(expected) in text
