@@ -54,9 +54,12 @@ def draw_timeline(starts: list[Start], path: Path) -> Path:
                   height=0.6)
     for row, start in enumerate(starts):
         end = max((p["end_s"] for p in start.seen()), default=0.0)
-        unknown = [n for n in start.unknown() if n not in ("first request", "replay seen", "failure")]
+        # the launch is rarely known (old or replayed logs); requests and failures are not phases every start has
+        unknown = [n for n in start.unknown() if n not in ("process up", "first request", "replay seen", "failure")]
         axes.text(end, row, f"  {start.verdict}" + (f"  unknown: {', '.join(unknown[:3])}" if unknown else ""),
                   va="center", fontsize=7)
+    longest = max((b["left"] + b["width"] for b in bars), default=1.0) or 1.0
+    axes.set_xlim(0, longest * 1.5)  # room for the verdict and the unknown phases beside each bar
     axes.set_yticks(range(len(starts)), [s.label for s in starts], fontsize=7)
     axes.invert_yaxis()
     axes.set_xlabel("seconds (from the launch where known, else from the first log line)")
