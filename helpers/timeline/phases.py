@@ -202,7 +202,9 @@ def timeline_of_log(path: Path, record: dict[str, Any], *, at_run_end: bool = Fa
     graphs = reading.graph_lines
     graph = None
     if graphs:
-        graph = {"seconds": max((m.seconds or 0.0) for m in graphs), "gib": max((m.gib or 0.0) for m in graphs),
+        # one line per worker with TP > 1: the slowest and the largest; a figure no line prints stays None
+        graph = {"seconds": max((m.seconds for m in graphs if m.seconds is not None), default=None),
+                 "gib": max((m.gib for m in graphs if m.gib is not None), default=None),
                  "lines": len(graphs), "line_no": graphs[0].line_no, "text": graphs[0].text}
     return {"schema": SCHEMA, "clock": "process start" if up is not None else "first log line",
             "first_stamp": reading.first_stamp_text or None, "phases": phases, "graph_capture": graph}

@@ -209,3 +209,17 @@ def test_each_capacity_cell_is_reproduced_by_vllm_bench_serve_with_its_own_load(
     assert bench_command(dict(cell, run_dir=str(tmp_path / "gone"))) is None, "no evidence: no command invented"
     text = render("tutorial_bench.md.j2", pictures={"bench": [{"key": "s4-l4096", "command": bench_command(cell)}]})
     assert "# s4-l4096\n" + " ".join(expected) in text
+
+
+def test_torchair_graph_mode_ends_its_capture_at_the_last_batch_size_and_prints_no_figures(tmp_path):
+    """Lines of the v0.11 torchair start (helpers/replay/scenarios/v0.11-qwen3-30b-a3b.yaml, from vllm-ascend#4807)."""
+    prefix = "(EngineCore_DP0 pid=109513) (Worker_TP0_EP0 pid=109520) INFO 12-10"
+    log = tmp_path / "serve.log"
+    log.write_text(f"{prefix} 03:09:10 [torchair_model_runner.py:283] Capturing torchair graph, this usually takes 1.5~4.5 mins.\n"
+                   f"{prefix} 03:09:30 [torchair_model_runner.py:247] Batchsize 16 is compiled successfully: 1/3.\n"
+                   f"{prefix} 03:09:31 [torchair_model_runner.py:247] Batchsize 8 is compiled successfully: 2/3.\n"
+                   f"{prefix} 03:09:33 [torchair_model_runner.py:247] Batchsize 4 is compiled successfully: 3/3.\n")
+    timeline = phases.timeline_of_log(log, {})
+    captured = next(p for p in timeline["phases"] if p["name"] == "graph captured")
+    assert (captured["line_no"], captured["end_s"], captured["seconds"], captured["gib"]) == (4, 23.0, None, None)
+    assert timeline["graph_capture"]["seconds"] is None and timeline["graph_capture"]["gib"] is None
