@@ -19,7 +19,7 @@ from helpers.timeline.starts import Start, starts_of
 
 def _row(start: Start) -> dict[str, Any]:
     by_name = {p["name"]: p for p in start.timeline["phases"]}
-    return {"run": start.run_dir.name, "step": start.step, "verdict": start.verdict,
+    return {"run": start.run_dir.name, "step": start.step, "verdict": start.verdict, "parallel": start.parallel,
             "clock": start.timeline["clock"], "graph_capture": start.timeline.get("graph_capture"),
             "durations": [by_name.get(name, {}).get("duration_s") for name in milestone_names()]}
 

@@ -18,10 +18,12 @@ class Start:
     verdict: str
     started_at: str
     timeline: dict[str, Any]
+    finished_at: str = ""
+    parallel: bool = False  # its server ran while another start of the model ran (disjoint NPU groups)
 
     @property
     def label(self) -> str:
-        return f"{self.step} {self.started_at[5:16].replace('T', ' ')}"
+        return f"{self.step} {self.started_at[5:16].replace('T', ' ')}" + (" (parallel)" if self.parallel else "")
 
     def seen(self) -> list[dict[str, Any]]:
         return [p for p in self.timeline["phases"] if p["status"] == "seen"]
@@ -38,7 +40,12 @@ def starts_of(model_dir: Path, last: int | None = None) -> list[Start]:
         if not log.is_file():
             continue
         found.append(Start(run.run_dir, run.step, str(run.data.get("verdict") or "?"),
-                           str(run.data.get("started_at") or ""), timeline_of_run(run.run_dir, run.data)))
+                           str(run.data.get("started_at") or ""), timeline_of_run(run.run_dir, run.data),
+                           str(run.data.get("finished_at") or "")))
+    for start in found:  # ISO UTC stamps of one format compare as text
+        start.parallel = bool(start.finished_at) and any(
+            other is not start and other.finished_at and other.started_at < start.finished_at
+            and start.started_at < other.finished_at for other in found)
     return found[-last:] if last else found
 
 

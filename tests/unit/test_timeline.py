@@ -115,14 +115,25 @@ def test_process_up_is_measured_only_by_the_run_that_started_the_server(tmp_path
     assert phases.timeline_of_log(log, replayed, at_run_end=True)["phases"][0]["status"] == "unknown"
 
 
-def make_start(runs: Path, name: str, log_source: Path, verdict: str = "PASS") -> Path:
+def make_start(runs: Path, name: str, log_source: Path, verdict: str = "PASS", finished: str = "") -> Path:
     run_dir = runs / name
     run_dir.mkdir(parents=True)
     (run_dir / "serve.log").write_bytes(log_source.read_bytes())
     (run_dir / "evidence.json").write_text(json.dumps({
         "step": name.split("-", 1)[1], "stage": "b", "verdict": verdict, "log": "serve.log",
-        "started_at": f"2026-11-21T{name[9:11]}:{name[11:13]}:{name[13:15]}+00:00", "run_dir": str(run_dir)}))
+        "started_at": f"2026-11-21T{name[9:11]}:{name[11:13]}:{name[13:15]}+00:00",
+        "finished_at": f"2026-11-21T{finished}+00:00" if finished else None, "run_dir": str(run_dir)}))
     return run_dir
+
+
+def test_starts_that_ran_at_the_same_time_are_marked_parallel(tmp_path):
+    model_dir = tmp_path / "runs" / "m"
+    make_start(model_dir, "20261121T211100Z-stage-a", LOGS / "cpu" / "pass-dummy.log", finished="21:12:00")
+    make_start(model_dir, "20261121T211130Z-ep", LOGS / "cpu" / "pass-dummy.log", finished="21:12:30")
+    make_start(model_dir, "20261121T211300Z-stage-b", LOGS / "cpu" / "pass-real.log", finished="21:14:00")
+    assert [(s.step, s.parallel) for s in starts_of(model_dir)] == [("stage-a", True), ("ep", True),
+                                                                    ("stage-b", False)]
+    assert charts.timeline_bars(starts_of(model_dir))[0]["label"] == "stage-a 11-21 21:11 (parallel)"
 
 
 def test_the_timeline_chart_draws_each_seen_phase_of_each_start(tmp_path):
