@@ -29,6 +29,7 @@ from helpers.settings import Settings
 from helpers.capacity_cell import CellRun, cell_key
 from helpers.stage import StageRequest
 from helpers.templating import render
+from helpers.timeline.charts import CAPACITY_PNG, ChartsUnavailable, draw_capacity
 
 FINISHED = ("PASS", "FAIL")  # an INTERRUPTED cell is not finished: it runs again
 DEFAULT_SEARCH_STARTS = 6
@@ -304,6 +305,7 @@ class CapacitySweep:
             finally:
                 self.write()
         self.out(self.summary_line())
+        self.out(self.chart_line())
         if self.interrupted:
             return EXIT_INTERRUPTED
         return EXIT_PASS if baseline is not None and baseline.get("verdict") == "PASS" else EXIT_FAIL
@@ -354,6 +356,15 @@ class CapacitySweep:
         state = "INTERRUPTED " if self.interrupted else ""
         return (f"{state}capacity {self.model_name}: {doc['headline']}\n"
                 f"  results: {self.model_dir / 'capacity.json'} and capacity.md")
+
+
+    def chart_line(self) -> str:
+        """capacity.png beside capacity.json (one point per measured cell); one line either way."""
+        try:
+            path = draw_capacity(self.document(), self.model_dir / CAPACITY_PNG)
+        except ChartsUnavailable as exc:
+            return f"  chart: not drawn: {exc}"
+        return f"  chart: {path}"
 
 
 def render_markdown(doc: dict[str, Any]) -> str:

@@ -393,8 +393,14 @@ def status_cmd(as_json: bool) -> None:
     from helpers import status
 
     settings = _settings()
-    record = status.collect(settings, _model(settings, evidence_only=True))
-    _show(settings, as_json, record, status.render_table(record))
+    from helpers.timeline.starts import render_text, starts_of
+
+    model = _model(settings, evidence_only=True)
+    record = status.collect(settings, model)
+    starts = starts_of(model.runs_dir, last=5)
+    record["starts"] = [{"run_dir": str(s.run_dir), "step": s.step, "verdict": s.verdict, "timeline": s.timeline}
+                        for s in starts]
+    _show(settings, as_json, record, status.render_table(record) + "\n" + render_text(starts))
 
 
 def restore_box_pythonpath() -> None:

@@ -31,6 +31,7 @@ from helpers.render_inputs import (adapt_accuracy, adapt_capacity, adapt_changes
 from helpers.runs import Run, latest, passing_modes, read_runs, sign_off
 from helpers.settings import Settings
 from helpers.templating import render
+from helpers.timeline.report import pictures
 
 
 # ============================================================================ context
@@ -227,6 +228,9 @@ def render_all(settings: Settings, model: Model, out_dir: Path | None = None, *,
     out = Path(out_dir) if out_dir else model.runs_dir / "deliverables"
     result = RenderResult(out, signed_off=ctx["stage_b_signed_off"], missing=ctx["sign_off_missing"],
                           evidence=commit_evidence(ctx))
+    ctx["pictures"] = pictures(model.runs_dir, out)  # timeline.png, capacity.png beside the report
+    if ctx["pictures"]["charts_missing"]:
+        result.notes.append(f"charts: not drawn: {ctx['pictures']['charts_missing']}")
 
     def write(name: str, relative: str, text: str) -> None:
         if relative.endswith(".md"):

@@ -31,6 +31,7 @@ from helpers.readiness import Progress, WatchOutcome, base_url
 from helpers.serve import require_free_port
 from helpers.settings import Settings
 from helpers.smoke import RequestResult, chat, chat_stream
+from helpers.timeline.phases import timeline_of_log
 
 POLL_SECONDS = 0.2
 AFTER_DEATH_GRACE = 2.0
@@ -373,6 +374,7 @@ class StageRun:
             rec["reason"] = "the run ended before a verdict (see serve.log)"
         if self.post_check is not None and rec["verdict"] != "INTERRUPTED":
             self.post_check(self)
+        rec["timeline"] = timeline_of_log(self.run_dir / "serve.log", rec, at_run_end=True)  # phases, graph capture s / GiB
         rec["exit_code"] = self.exit_code()
         self._save()
         assert self.run_dir is not None

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, base_env, kill_group_quietly, run_make, wait_for
+from helpers.timeline import charts
 
 pytestmark = pytest.mark.slow
 
@@ -74,6 +75,15 @@ def test_interrupted_sweep_resumes_without_redoing_the_finished_cell(runs_dir, t
     assert doc["headline"].startswith("serves 2 concurrent requests at 2048 tokens; 4 at 2048;")
     assert (doc["practical_max_len"], doc["theoretical_max_len"]) == (2048, 8192)
     assert doc["headline"] in (runs_dir / model / "capacity.md").read_text()
+    # capacity.png: one point per cell, the numbers of capacity.json
+    assert f"chart: {runs_dir / model / 'capacity.png'}" in resumed.stdout
+    assert (runs_dir / model / "capacity.png").read_bytes()[:4] == b"\x89PNG"
+    points = charts.capacity_points(doc)
+    assert [(p["max_num_seqs"], p["max_model_len"]) for p in points] == [(2, 2048), (4, 2048)]
+    for point, cell in zip(points, doc["cells"]):
+        assert point["output_throughput"] == cell["metrics"]["output_throughput"]
+        assert (point["p50_ttft_ms"], point["p99_ttft_ms"]) == (cell["metrics"]["p50_ttft_ms"], cell["metrics"]["p99_ttft_ms"])
+        assert (point["p50_tpot_ms"], point["p99_tpot_ms"]) == (cell["metrics"]["p50_tpot_ms"], cell["metrics"]["p99_tpot_ms"])
 
 
 def test_length_beyond_the_kv_budget_gives_the_practical_max_from_vllms_estimate(runs_dir, tiny_dense):

@@ -62,6 +62,18 @@ def test_make_demo_runs_triage_both_stages_matrix_and_report(runs_dir):
     assert matrix["stages"]["stage-a"]["status"] == matrix["stages"]["stage-b"]["status"] == "PASS"
     report = (model_runs / "deliverables" / "report.zh.md").read_text()
     assert str(run_b / "serve.log") in report and "没有通过的全层 Stage B" not in report
+    # the timeline of both starts: a chart beside the report, embedded in it, phases on the log's stamps
+    assert (model_runs / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    assert (model_runs / "deliverables" / "timeline.png").is_file() and "![启动时间线](timeline.png)" in report
+    phases = {p["name"]: p for p in record_b["timeline"]["phases"]}
+    assert record_b["timeline"]["clock"] == "process start", "the run measured launch -> first log line itself"
+    assert 0 <= phases["process up"]["duration_s"] <= record_b["timings"]["start_to_ready_s"]
+    assert phases["weights loaded"]["seconds"] == record_b["log_evidence"]["load_weights_seconds"]
+    assert phases["ready"]["status"] == "seen" and phases["graph captured"]["status"] == "unknown"
+    assert phases["ready"]["end_s"] <= record_b["timings"]["start_to_ready_s"] + 1.5, "stamps have whole seconds"
+    status = run_make("status", env, "MODEL=tiny-qwen2")
+    assert status.returncode == 0, status.stderr
+    assert f"{run_b.name} PASS" in status.stdout and "weights loaded" in status.stdout
 
 
 def test_sigint_during_readiness_leaves_no_process_and_writes_interrupted(runs_dir, tiny_dense):

@@ -106,3 +106,22 @@ def test_setup_installs_only_the_helpers_needs_and_leaves_transformers_pinned(bo
     assert added == set(NEEDED)
     assert installed(venv, "transformers") == "4.57.1"
     assert (venv / ".bringup-ready").is_file()
+
+
+def test_charts_come_under_the_same_constraints_and_their_absence_is_one_line(box):
+    """matplotlib is installed like the helpers' needs (never changing the box); where it cannot
+    be, setup still succeeds and says so in one line (the charts are optional)."""
+    venv, site, wheels, env = box
+    build_wheel(wheels, "Jinja2", "3.1.6")
+    build_wheel(wheels, "matplotlib", "3.10.0", requires=("transformers>=4.58",))
+    result = run_make("setup", env, "BACKEND=ascend")
+    assert result.returncode == 0, result.stderr
+    ours = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("make")]
+    assert len(ours) == 1 and ours[0].startswith("setup: matplotlib not installed"), result.stderr
+    assert installed(venv, "transformers") == "4.57.1" and not list(site.glob("matplotlib*"))
+    (wheels / "matplotlib-3.10.0-py3-none-any.whl").unlink()
+    build_wheel(wheels, "matplotlib", "3.9.0")
+    (venv / ".bringup-ready").unlink()
+    result = run_make("setup", env, "BACKEND=ascend")
+    assert result.returncode == 0 and "matplotlib" not in result.stderr, result.stderr
+    assert installed(venv, "matplotlib") == "3.9.0" and installed(venv, "transformers") == "4.57.1"
