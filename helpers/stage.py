@@ -203,8 +203,10 @@ class StageRun:
         return self._send_smoke(url, ready_line)
 
     def _graph_mode(self) -> graphmode.GraphMode:
-        versions = self.profile.facts_box().versions(self.profile.versions)
-        return graphmode.select(self.profile.graph, self.plan.argv, self.plan.process_env(dict(os.environ)), versions)
+        box = self.profile.facts_box()
+        versions = box.versions(self.profile.versions)
+        return graphmode.select(self.profile.graph, self.plan.argv, self.plan.process_env(dict(os.environ)),
+                                {**versions, **box.builds(versions)}, box.source_contains)
 
     def _graph_check(self) -> dict[str, Any]:
         """The graph mode's evidence (graphmode.py): on ascend a replay line after the first request."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ascend_facts, gates
+from helpers import ascend_build, ascend_facts, gates
 from helpers.catalog import build_catalog
 from helpers.catalog import load_catalog
 from helpers.diagnosis import diagnose
@@ -147,6 +147,20 @@ def test_every_fact_has_a_source_and_a_valid_range():
         assert fact.source and all(ascend_facts.SOURCE_FORMS.match(s) for s in fact.source), fact.id
         if not fact.main_only:
             ascend_facts.parse_range(fact.range)
+    # and every version a replay box reports is one the rules can read (a source build's
+    # `.devN+g<sha>` or `0.0.0` included): an unparseable one would crash or silently skip a rule
+    for path in sorted((REPO / "helpers" / "replay" / "scenarios").glob("*.yaml")):
+        versions = (yaml.safe_load(path.read_text(encoding="utf-8")).get("box") or {}).get("versions") or {}
+        for package in ("vllm", "vllm-ascend", "torch-npu"):
+            if package in versions:
+                ascend_build.parse(str(versions[package]))
+
+
+def test_a_version_the_rules_cannot_read_fails_the_fact_check():
+    with pytest.raises(ValueError, match="is not understood"):
+        ascend_facts.get("fp8-accepted").holds_for("0.26.0rc1.dev+g182b75ea84")
+    with pytest.raises(ValueError, match="not `<op><version>`"):
+        ascend_facts.parse_range(">=0.26.0rc1.dev")
 
 
 @pytest.mark.parametrize("holds,source,message", [

@@ -32,6 +32,8 @@ MAX_LINES = 460
 # issue 13: the graph-mode rules (data) and a run's defaults from triage (engine)
 LAYERS["data"] |= {"graphmode"}
 LAYERS["engine"] |= {"defaults"}
+# issue 21: which build is installed (a release, or a source build placed by its root's git state)
+LAYERS["data"] |= {"ascend_build"}
 
 
 def modules() -> dict[str, Path]:
