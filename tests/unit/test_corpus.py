@@ -129,9 +129,28 @@ def test_nested_process_tags_name_the_innermost_worker():
 
 def test_capture_and_replay_failures_are_told_apart():
     capture = diagnose(ASCEND / "v0.2x" / "stream-exhaustion-nested-207005.log")
-    replay = diagnose(ASCEND / "v0.2x" / "graph-replay-107030-plog.log")
-    assert (capture.when, replay.when) == ("capture", "replay")
-    assert capture.category != replay.category
+    assert capture.when == "capture" and capture.category == "stream-exhaustion"
+
+
+def test_107030_is_placed_by_the_phase_it_happened_in_not_by_its_text(tmp_path):
+    """The same 107027/107030 text is a startup-capture failure on 310P + MTP (PR #10309) and a
+    replay failure on A2/A3 (#11912): the log around it decides, and only the capture case is
+    told that lowering the length does not help. The replay log is assembled in tmp_path from two
+    corpus files (ready lines of healthy-ready-replay.log, then the #11912 plog)."""
+    at_capture = diagnose(ASCEND / "v0.2x" / "graph-replay-107027-310p.log")
+    ready = (ASCEND / "v0.2x" / "healthy-ready-replay.log").read_text(encoding="utf-8").splitlines()[1:7]
+    plog = (ASCEND / "v0.2x" / "graph-replay-107030-plog.log").read_text(encoding="utf-8").splitlines()[1:]
+    served = tmp_path / "serve.log"
+    served.write_text("\n".join(ready + plog) + "\n", encoding="utf-8")
+    at_replay = diagnose(served)
+    assert (at_capture.when, at_replay.when) == ("capture", "replay")
+    assert at_capture.sig_id == at_replay.sig_id == "graph-replay-capture-mode" and at_capture.rung == "eager"
+    assert "not memory" in at_capture.hint_en and "310P" in at_capture.hint_en
+
+
+def test_a_bare_507903_capture_end_line_reaches_the_capture_invalidated_rung():
+    diag = diagnose(ASCEND / "v0.2x" / "capture-end-507903-bare.log")
+    assert (diag.sig_id, diag.rung, diag.category) == ("graph-capture-invalidated", "eager", "graph-capture")
 
 
 def test_version_bound_diagnosis_names_its_fact():

@@ -108,4 +108,4 @@ def test_a_context_parallel_log_never_gets_full_graphs_recommended(tmp_path):
                    "[ERROR] RUNTIME(569,):2026-06-30-12:05:19.521.684 [api_c.cc:1081]569 rtMemcpy:ErrCode=107030, "
                    "desc=[the current capture mode does not support this operation], InnerCode=0x703001c\n")
     replay = diagnosis.diagnose(log, model="m")
-    assert replay.category == "graph-replay" and "context-parallel run" in replay.hint_en
+    assert replay.category == "graph-capture-mode" and "context-parallel run" in replay.hint_en
