@@ -353,14 +353,17 @@ def context_cmd(as_json: bool) -> None:
     """Collect the context: checkpoint, implementation roots (HEAD, branch, dirty), delivery repo,
     versions and where each is imported from, NPU processes (ours or not), the port. Writes
     RUNS_DIR/<model>/context.json (MODEL may be unset); exit 3 when a needed NPU or the port is taken."""
-    from helpers import context, profiles
+    from helpers import context, defaults, profiles
     from helpers.errors import EnvironmentProblem
     from helpers.plan import plan_for
 
     settings = _settings()
     model = _model(settings) if settings.model.strip() else None
     profile = profiles.load(settings.backend)
-    plan = plan_for(profile, settings, model, settings.stage) if model is not None else None
+    # the length a stage would serve at (defaults.py), not a profile constant
+    plan = plan_for(profile, settings, model, settings.stage,
+                    max_model_len=defaults.choose_max_model_len(settings, model, profile).value) \
+        if model is not None else None
     record = context.collect(settings, model=model, profile=profile, plan=plan)
     path = context.context_path(settings, model)
     context.write(record, path)
