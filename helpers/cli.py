@@ -347,6 +347,15 @@ def _show(settings, as_json: bool, record: dict, table: str) -> None:
     click.echo(json.dumps(record, indent=2, ensure_ascii=False) if as_json or settings.json_output else table)
 
 
+@cli.command("reset-roots")
+def reset_roots_cmd() -> None:
+    """Reset VLLM_SRC and VLLM_ASCEND_SRC to HEAD, only with CONFIRM=yes, after saving each root's
+    diff and untracked files under RUNS_DIR/implementation-roots/<stamp>-reset-roots/."""
+    from helpers import reset_roots
+
+    reset_roots.reset_roots(_settings(), os.environ.get("CONFIRM", ""), click.echo)
+
+
 @cli.command("context")
 @click.option("--json", "as_json", is_flag=True, help="print context.json instead of the table (also JSON=1)")
 def context_cmd(as_json: bool) -> None:
