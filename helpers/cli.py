@@ -292,7 +292,9 @@ def deliver_cmd() -> None:
     rendered = render_all(settings, model, docs_kind=delivery.docs.kind)
     lines = deliver.commit(delivery, rendered.files, rendered.signed_off, rendered.missing, rendered.evidence)
     again = render_all(settings, model, docs_kind=delivery.docs.kind)  # now with the commit hash
-    for line in lines + [f"  report: {again.files['report']} (with the commit hash)"]:
+    lines.append(f"  report: {again.files['report']} (with the commit hash)")
+    lines += deliver.post_issue_comment(model, settings.issue_url, again.files["issue comment"])
+    for line in lines:
         click.echo(line)
 
 

@@ -34,7 +34,7 @@ LAYERS["data"] |= {"graphmode"}
 LAYERS["engine"] |= {"defaults"}
 # issue 21: which build is installed (a release, or a source build placed by its root's git state)
 LAYERS["data"] |= {"ascend_build"}
-LAYERS["steps"] |= {"reset_roots"}
+LAYERS["steps"] |= {"reset_roots", "deliver_issue"}
 
 
 def modules() -> dict[str, Path]:
