@@ -24,7 +24,7 @@ from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted
 from helpers.lifecycle import Session, SignalGuard, serving
 from helpers.diagnosis import diagnosis_of
 from helpers.logscan import LogScanner
-from helpers import defaults, graphmode
+from helpers import defaults, flashcomm_env, graphmode
 from helpers.model import Model
 from helpers.plan import ServePlan, Variant, mask, plan_for
 from helpers.readiness import Progress, WatchOutcome, base_url
@@ -70,6 +70,7 @@ class StageRun:
                                         max_num_seqs=max_num_seqs, tp=self.defaults["tp"].value)
         self.first_request_line = 0
         self.warnings: list[str] = []
+        self.flashcomm1_env = self._flashcomm1_env()
         self.secrets = [settings.api_key] if settings.api_key else []
         self.run_dir: Path | None = None
         self.record: dict[str, Any] = {}
@@ -81,6 +82,22 @@ class StageRun:
         # before the verdict is printed, so the one verdict line a user sees is the final one.
         self.post_check: Callable[["StageRun"], None] | None = None
         self.context: dict[str, Any] | None = None  # collected before the server starts (make context)
+
+    def _flashcomm1_env(self) -> dict[str, Any] | None:
+        """What the box's environment says about flashcomm1; a base run unsets what would turn it on."""
+        if self.profile.family != "ascend":
+            return None
+        box = self.profile.facts_box()
+        versions = box.versions(("vllm-ascend",))
+        found = flashcomm_env.state(os.environ, {**versions, **box.builds(versions)}.get("vllm-ascend"),
+                                    box.source_contains)
+        note = flashcomm_env.baseline_note(found) if self.request.variant.name == "base" else ""
+        if note:
+            self.plan.unset_env += [name for name in found["on"] if name not in self.plan.unset_env]
+            self.warnings.append(note)
+            self.out(note)
+        found["unset"] = bool(note)
+        return found
 
     @property
     def model_name(self) -> str:
@@ -126,6 +143,7 @@ class StageRun:
             "command": {"argv": self.plan.argv, "env": self.plan.env, "cwd": self.plan.cwd,
                         "shell": self.plan.shell_line(), "file": "command.sh"},
             "versions": self.profile.facts_box().versions(self.profile.versions),
+            "flashcomm1_env": self.flashcomm1_env,
             "context": self.context,
             "started_at": ev.utc_iso(),
             "finished_at": None,

@@ -33,7 +33,7 @@ MAX_LINES = 460
 LAYERS["data"] |= {"graphmode"}
 LAYERS["engine"] |= {"defaults"}
 # issue 21: which build is installed (a release, or a source build placed by its root's git state)
-LAYERS["data"] |= {"ascend_build"}
+LAYERS["data"] |= {"ascend_build", "flashcomm_env"}
 LAYERS["steps"] |= {"reset_roots", "deliver_issue"}
 
 
