@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, base_env, run_cli
 from tests.fixtures.fake_delivery import VLLM_FILES, copy_evidence, make_vllm_root, write_changes
@@ -107,9 +108,37 @@ def test_the_glossary_lists_terms_with_their_variants():
     assert len(terms) == len(set(terms))
 
 
+def yaml_chinese() -> dict[str, str]:
+    """The Chinese the rules carry (hint_zh, why_zh, zh, ... in helpers/**/*.yaml): it reaches the
+    console, the report and runbooks/signatures.zh.md, so it follows the glossary too."""
+    found: dict[str, list[str]] = {}
+
+    def walk(node, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, str) and (key == "zh" or str(key).endswith("_zh")):
+                    found.setdefault(where, []).append(value)
+                else:
+                    walk(value, where)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, where)
+
+    for path in sorted((REPO / "helpers").rglob("*.yaml")):
+        walk(yaml.safe_load(path.read_text(encoding="utf-8")), str(path.relative_to(REPO)))
+    return {where: "\n".join(values) for where, values in found.items()}
+
+
+def test_the_glossary_check_reads_the_chinese_of_the_rules():
+    texts = yaml_chinese()
+    assert "helpers/signatures.yaml" in texts and "helpers/profiles/ascend.yaml" in texts
+    assert "回退阶梯" in texts["helpers/profiles/ascend.yaml"]
+
+
 def test_every_document_uses_the_glossary_terms_and_none_of_their_variants(rendered):
     texts = {str(p.relative_to(REPO)): prose(p.read_text(encoding="utf-8")) for p in source_documents()}
     texts.update({name: prose(text) for name, text in rendered.items()})
+    texts.update({name: prose(text) for name, text in yaml_chinese().items()})
     wrong = [f"{name}: {variant} (use {term})" for term, variants in glossary() for variant in variants
              for name, text in texts.items() if variant in text]
     assert not wrong, "glossary variants used:\n  " + "\n  ".join(wrong)
