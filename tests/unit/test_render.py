@@ -232,4 +232,4 @@ def test_the_e2e_yaml_always_names_the_hardware_and_the_report_says_where_the_id
     config = yaml.safe_load((out / "tests/e2e/models/configs/tiny-qwen2.yaml").read_text())
     assert config["model_name"] == "Org/tiny-qwen2" and config["hardware"] == "Atlas A2 Series"
     text = (out / "report.zh.md").read_text(encoding="utf-8")
-    assert "模型 id：`Org/tiny-qwen2`（来源：`MODEL_ID`）" in text and "按 `tp=1` 推定" in text
+    assert "模型 id：`Org/tiny-qwen2`（来源：`MODEL_ID` 变量）" in text and "按 `tp=1` 推定" in text
