@@ -465,3 +465,17 @@ def test_the_plain_shell_port_check_names_the_holder(tmp_path):
     assert f"port {port}: pid {os.getpid()} " in held.stdout, held.stdout + held.stderr
     free = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert free.stdout.strip() == f"port {port}: free"
+
+
+def test_stage_b_real_weight_evidence_is_what_the_toolkit_records():
+    """runbooks/03-stage-b.md proves real weights by the command (no `--load-format dummy`) and the
+    engine line's load_format: the scanner records that key from real CPU-backend logs, and the
+    runbook does not make the optional `Loading weights took` line a requirement."""
+    from helpers.logscan import scan_file
+
+    text = (RUNBOOKS / "03-stage-b.md").read_text(encoding="utf-8")
+    assert "grep -c -- '--load-format dummy' command.sh" in text and "log_evidence.load_format" in text
+    assert "两行都要看" not in text
+    logs = REPO / "tests" / "fixtures" / "logs" / "cpu"
+    assert scan_file(logs / "pass-real.log").evidence["load_format"] == "auto"
+    assert scan_file(logs / "pass-dummy.log").evidence["load_format"] == "dummy"
