@@ -183,6 +183,21 @@ def captures_piecewise(argv: list[str]) -> bool:
     return not present or str(value).upper() in PIECEWISE_MODES
 
 
+FULL_MODES = {"FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE", "2"}  # every mode that captures full graphs
+
+
+def full_under_context_parallel(argv: list[str]) -> str:
+    """The warning before a start whose own command asks for FULL graphs under context parallel
+    ('' otherwise): the graph mode guide does not support it (fact cp-no-full-cudagraph)."""
+    present, value = json_key(argv, "--compilation-config", "cudagraph_mode")
+    size = context_parallel_size(argv)
+    if not present or size <= 1 or str(value).upper() not in FULL_MODES:
+        return ""
+    return (f"cudagraph_mode {value} with context parallel size {size}: FULL graphs are not supported under "
+            "context parallel (fact cp-no-full-cudagraph); use PIECEWISE "
+            "(--compilation-config '{\"cudagraph_mode\":\"PIECEWISE\"}') or --enforce-eager")
+
+
 def soft_partition(spec: dict[str, Any], view: dict[str, Any]) -> str:
     """What shows this box is a soft-partitioned NPU ('' when nothing does): the partition
     runtime named in /etc/ld.so.preload, or its library mounted (fact soft-partition-vcann-rt-view)."""

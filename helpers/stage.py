@@ -241,8 +241,13 @@ class StageRun:
         return graphmode.judge(mode, scan.evidence, scan.evidence_lines, self.first_request_line)
 
     def _start_warnings(self) -> None:
-        """What this box and command say before the start: a soft-partitioned NPU cannot capture
-        PIECEWISE graphs (fact soft-partition-piecewise-unsupported)."""
+        """What this box and command say before the start: FULL graphs asked for under context
+        parallel (fact cp-no-full-cudagraph); a soft-partitioned NPU cannot capture PIECEWISE graphs
+        (fact soft-partition-piecewise-unsupported)."""
+        if self.profile.graph_expected:  # the command itself asks for FULL graphs under context parallel
+            full_cp = graphmode.full_under_context_parallel(self.plan.argv)
+            if full_cp:
+                self.warnings.append(full_cp)
         spec = self.profile.graph.get("soft_partition") or {}
         if not spec or self._graph_mode().expects == "none" or not graphmode.captures_piecewise(self.plan.argv):
             return
