@@ -198,11 +198,14 @@ def collect(settings: Settings, *, model: Model | None, profile: profiles.Profil
     versions = facts_box.versions([name for name, _module, _root in PACKAGES])
     # a recorded box's import paths are not this machine's: this PYTHONPATH says nothing of them
     pythonpath = os.environ.get("PYTHONPATH", "") if facts_box.kind == "live" else ""
+    builds = facts_box.builds(versions)  # a source build between releases: placed by its root, else unknown
     packages: dict[str, Any] = {}
     for name, module, root in PACKAGES:
         where = facts_box.imported_from(module)
         entry: dict[str, Any] = {"version": versions.get(name), "module": module, "imported_from": where,
                                  "through_pythonpath": through_pythonpath(where, pythonpath)}
+        if name in builds and not builds[name].is_release:
+            entry["build"] = builds[name].describe()
         if root is not None:
             entry["from_root"] = _inside(where, roots[root])
             setting = sourcetree.ROOT_SETTINGS[root]
@@ -337,7 +340,8 @@ def render_table(record: dict[str, Any]) -> str:
         mark = {True: "  (from the root)", False: "  (NOT from the root)"}.get(entry.get("from_root"), "")
         if entry.get("through_pythonpath"):
             mark += f"  (through PYTHONPATH {entry['through_pythonpath']})"
-        rows.append(("版本", entry["module"], f"{entry['version'] or '-'}  {where}{mark}"))
+        shown = entry.get("build") or entry["version"] or "-"
+        rows.append(("版本", entry["module"], f"{shown}  {where}{mark}"))
     npus = record.get("npus")
     if npus is not None:
         summary = f"{len(npus['devices'])} device(s) ({npus['source']}); the plan needs {npus['needed'] or '-'}"

@@ -197,6 +197,14 @@ def test_the_replay_box_reports_its_recorded_import_paths(runs_dir, tiny_dense):
     assert any(w.startswith("vllm_ascend is imported from /usr/local/python3.11.10") for w in record["warnings"])
 
 
+def test_a_main_build_is_shown_as_what_it_is_not_as_its_old_number(runs_dir, tiny_dense):
+    env = base_env(runs_dir, MODEL=str(tiny_dense), BACKEND="replay", REPLAY_SCENARIO="main-qwen3-30b-a3b")
+    record = json.loads(run_cli(["context", "--json"], env).stdout)
+    entry = record["packages"]["vllm-ascend"]
+    assert entry["version"] == "0.19.1rc2.dev1637+g182b75ea84"
+    assert entry["build"].startswith("0.19.1rc2.dev1637+g182b75ea84 (unknown build")
+
+
 def test_a_port_held_by_someone_else_is_reported_with_its_holder(runs_dir, tiny_dense):
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
