@@ -85,6 +85,7 @@ def rendered(tmp_path_factory) -> dict[str, str]:
     assert "需要 vLLM 改动" in docs["rendered/report.zh.md"] and "`reduced-layers`" in docs["rendered/report.zh.md"]
     assert "0123456789abcdef" in docs["rendered/issue-comment.zh.md"]
     assert "0.2846" in docs["rendered/report.zh.md"] and "0.2846" in docs["rendered/issue-comment.zh.md"]
+    assert "| 新增 |" in docs["rendered/report.zh.md"] and "| added |" not in docs["rendered/report.zh.md"]
     return docs
 
 
