@@ -46,9 +46,9 @@ class Fact:
     note: str = ""
     # a list the statement names (e.g. the architectures a graph mode covers), for rules to read
     values: tuple[str, ...] = ()
-    # text in the installed package's source that decides the fact before any version: (text, the
-    # fact holds when the text is present). Source builds between releases report no usable version.
-    marker: tuple[str, bool] | None = None
+    # texts in the installed package's source that decide the fact before any version: ((text, the
+    # fact needs it present), ...), all must hold. Source builds between releases report no usable version.
+    marker: tuple[tuple[str, bool], ...] = ()
 
     @property
     def main_only(self) -> bool:
@@ -77,11 +77,12 @@ class Fact:
         """Whether the fact holds on this box and why: its source marker first (what the installed
         code contains), else the version; (None, why) when neither can tell."""
         if self.marker and source_contains is not None:
-            text, when_present = self.marker
-            present = source_contains(self.package or "vllm-ascend", text)
-            if present is not None:
-                return present == when_present, (f"installed {self.package or 'vllm-ascend'} source "
-                                                 f"{'contains' if present else 'lacks'} {text!r} (fact {self.id})")
+            package = self.package or "vllm-ascend"
+            seen = [(text, wanted, source_contains(package, text)) for text, wanted in self.marker]
+            if all(present is not None for _text, _wanted, present in seen):
+                said = " and ".join(f"{'contains' if present else 'lacks'} {text!r}" for text, _w, present in seen)
+                return all(present == wanted for _t, wanted, present in seen), \
+                    f"installed {package} source {said} (fact {self.id})"
         try:
             build = ascend_build.parse(version) if isinstance(version, str) else version
         except ValueError as exc:
@@ -171,15 +172,14 @@ def _fact(raw: dict[str, Any], where: str) -> Fact:
                 tuple(values), _marker(raw.get("marker"), f"{where}: fact {fid}"))
 
 
-def _marker(raw: Any, where: str) -> tuple[str, bool] | None:
-    """`marker: {contains: TEXT}` (holds when the source has it) or `{lacks: TEXT}`."""
+def _marker(raw: Any, where: str) -> tuple[tuple[str, bool], ...]:
+    """`marker: {contains: TEXT}` (holds when the source has it), `{lacks: TEXT}`, or both."""
     if raw is None:
-        return None
-    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("contains", "lacks") \
-            or not str(next(iter(raw.values())) or "").strip():
-        raise ValueError(f"{where}: marker must be {{contains: TEXT}} or {{lacks: TEXT}}")
-    kind, text = next(iter(raw.items()))
-    return str(text), kind == "contains"
+        return ()
+    if not isinstance(raw, dict) or not raw or set(raw) - {"contains", "lacks"} \
+            or not all(str(text or "").strip() for text in raw.values()):
+        raise ValueError(f"{where}: marker must be {{contains: TEXT}}, {{lacks: TEXT}} or both")
+    return tuple((str(text), kind == "contains") for kind, text in raw.items())
 
 
 def parse(data: dict[str, Any], where: str = "facts") -> dict[str, Fact]:

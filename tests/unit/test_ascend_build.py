@@ -14,7 +14,8 @@ from helpers import ascend_build, ascend_facts, graphmode, profiles
 
 FACTS = ascend_facts.load()
 TORCHAIR = ["vllm", "serve", "/m", "--additional-config={\"torchair_graph_config\": {\"enabled\": true}}"]
-MAIN_SOURCE = {"FP8_METHOD": True, "torchair_graph_config": False}.get
+MAIN_SOURCE = {"FP8_METHOD": True, "torchair_graph_config": False, "class AclGraphManager": False,
+               "run_fullgraph with num_tokens": True}.get
 
 
 @pytest.mark.parametrize("reported, release, dev, local, is_release", [
@@ -105,3 +106,27 @@ def test_torchair_is_never_accepted_on_a_build_whose_source_lacks_it(version, pr
     graph = profiles.load("ascend").graph
     source = (lambda _p, text: probe(text)) if probe else None
     assert graphmode.select(graph, TORCHAIR, {}, {"vllm-ascend": version}, source).id == mode
+
+
+@pytest.mark.parametrize("version, probe, mode", [
+    ("0.15.0rc1", None, "mrv2-no-replay-line"),
+    ("0.18.0", None, "default"),
+    ("0.19.1rc2.dev1637+g182b75ea84", MAIN_SOURCE, "default"),    # main logs run_fullgraph: the replay proves it
+    ("0.0.0", None, "mrv2-no-replay-line"),                        # nothing tells: the command's mode stands
+])
+def test_model_runner_v2_on_a_main_build_still_needs_its_replay_line(version, probe, mode):
+    graph = profiles.load("ascend").graph
+    source = (lambda _p, text: probe(text)) if probe else None
+    assert graphmode.select(graph, ["vllm", "serve", "/m"], {"VLLM_USE_V2_MODEL_RUNNER": "1"},
+                            {"vllm-ascend": version}, source).id == mode
+
+
+def test_a_marker_needs_all_its_texts_and_is_refused_when_malformed():
+    fact = FACTS["mrv2-no-replay-line"]
+    v016 = {"class AclGraphManager": True, "run_fullgraph with num_tokens": False}.get
+    assert fact.decide("0.0.0", lambda _p, t: v016(t))[0] is True
+    assert fact.decide("0.0.0", lambda _p, t: MAIN_SOURCE(t))[0] is False
+    with pytest.raises(ValueError, match="marker must be"):
+        ascend_facts.parse({"facts": [{"id": "x-fact", "statement": "s", "holds": {"package": "vllm-ascend",
+                                       "range": "*"}, "source": ["PR #1"], "verified": True,
+                                       "marker": {"has": "x"}}]})
