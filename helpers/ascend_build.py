@@ -80,10 +80,11 @@ def place(build: Build, root: Path | None) -> Build:
     that contain HEAD); unchanged when the root is absent or says nothing."""
     if build.is_release or root is None or not root.is_dir():
         return build
-    info = sourcetree.inspect(root)
-    if not info.git:
+    head = sourcetree.git(root, "rev-parse", "--abbrev-ref", "HEAD")  # cheap: no status of the tree
+    if head is None:
         return build
-    branches = [info.branch] if info.branch else (sourcetree.git(
+    branch = head.strip()
+    branches = [branch] if branch != "HEAD" else (sourcetree.git(  # detached: the branches holding HEAD
         root, "for-each-ref", "--contains", "HEAD", "--format=%(refname:short)", "refs/heads", "refs/remotes") or ""
     ).split()
     for branch in branches:
