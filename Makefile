@@ -35,6 +35,9 @@ test: setup ## Run the whole test suite (unit + real CPU-backend integration)
 hygiene: setup ## Stop servers this tool started (from its state files) and check PORT is free
 	@scripts/hygiene.sh
 
+reset-roots: setup ## Reset VLLM_SRC / VLLM_ASCEND_SRC to HEAD (CONFIRM=yes only), saving each diff and untracked file under runs/ first
+	@scripts/reset-roots.sh
+
 context: setup ## Collect the context: roots (HEAD, dirty), versions and import paths, NPU processes, port -> context.json
 	@scripts/context.sh
 

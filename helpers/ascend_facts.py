@@ -12,9 +12,11 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
+
+from helpers import ascend_build
 
 FACTS_PATH = Path(__file__).with_name("ascend_facts.yaml")
 PACKAGES = ("vllm-ascend", "vllm", "cann", "torch-npu")
@@ -27,7 +29,8 @@ SOURCE_FORMS = re.compile(
     r"|doc: \S.*)$"
 )
 CLAUSE = re.compile(r"^(>=|<=|==|!=|>|<)\s*(\d+(?:\.\d+)*(?:(?:a|b|rc)\d+)?)$")
-VERSION = re.compile(r"^v?(\d+(?:\.\d+)*)(?:\.?(a|b|rc)(\d+))?(?:\.?post\d+)?(?:\.?dev\d+)?(?:\+.*)?$")
+VERSION = re.compile(r"^v?(\d+(?:\.\d+)*)(?:(a|b|rc)(\d+))?$")
+AFTER_EVERY_RELEASE = ((1 << 30,), 3, 0)  # where a main-branch build sorts: past every release branch
 ID = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _PRE_RANK = {"a": 0, "b": 1, "rc": 2, None: 3}  # a final release sorts after its pre-releases
 
@@ -43,19 +46,53 @@ class Fact:
     note: str = ""
     # a list the statement names (e.g. the architectures a graph mode covers), for rules to read
     values: tuple[str, ...] = ()
+    # texts in the installed package's source that decide the fact before any version: ((text, the
+    # fact needs it present), ...), all must hold. Source builds between releases report no usable version.
+    marker: tuple[tuple[str, bool], ...] = ()
 
     @property
     def main_only(self) -> bool:
         return self.range == MAIN_ONLY
 
-    def holds_for(self, version: str | None, *, main: bool = False) -> bool | None:
-        """True/False for an installed version; None when the version is unknown. `main=True`
-        means the installed package is a main-branch build (after the last release branch)."""
+    def holds_for(self, version: str | ascend_build.Build | None, *, main: bool = False) -> bool | None:
+        """True/False for an installed version; None when it is unknown: not installed, or a build
+        between releases (`.devN`, `0.0.0`) that its root's git state did not place. `main=True`
+        (or a Build placed on main) means a main-branch build, past every release branch."""
+        if self.range == "*" and not self.main_only:
+            return None if version is None and not main else True
+        build = ascend_build.parse(version) if isinstance(version, str) else version
+        on_main = main or (build is not None and build.placed == ascend_build.MAIN)
         if self.main_only:
-            return main
-        if version is None:
+            return True if on_main else (False if build is not None and build.known else None)
+        if on_main:
+            return _key_in(AFTER_EVERY_RELEASE, self.range)
+        if build is None:
             return None
-        return version_in(version, self.range)
+        if build.is_release:
+            return version_in(build.release, self.range)
+        return version_in(build.placed, self.range) if build.placed else None
+
+    def decide(self, version: str | ascend_build.Build | None,
+               source_contains: Callable[[str, str], bool | None] | None = None) -> tuple[bool | None, str]:
+        """Whether the fact holds on this box and why: its source marker first (what the installed
+        code contains), else the version; (None, why) when neither can tell."""
+        if self.marker and source_contains is not None:
+            package = self.package or "vllm-ascend"
+            seen = [(text, wanted, source_contains(package, text)) for text, wanted in self.marker]
+            if all(present is not None for _text, _wanted, present in seen):
+                said = " and ".join(f"{'contains' if present else 'lacks'} {text!r}" for text, _w, present in seen)
+                return all(present == wanted for _t, wanted, present in seen), \
+                    f"installed {package} source {said} (fact {self.id})"
+        try:
+            build = ascend_build.parse(version) if isinstance(version, str) else version
+        except ValueError as exc:
+            return None, f"{exc}: the fact {self.id} cannot be decided by version"
+        held = self.holds_for(build)
+        if held is None:
+            shown = build.describe() if build is not None else "not installed"
+            return None, f"{self.package or 'vllm-ascend'} {shown}: the fact {self.id} cannot be decided"
+        return held, f"{self.package} {build.describe() if build else ''} is {'in' if held else 'outside'} " \
+                     f"{self.range} (fact {self.id}: {self.source[0]})"
 
 
 def version_key(version: str) -> tuple[tuple[int, ...], int, int]:
@@ -84,7 +121,12 @@ def parse_range(spec: str) -> list[tuple[str, str]]:
 
 
 def version_in(version: str, spec: str) -> bool:
-    current = version_key(version)
+    """Whether a release (`0.20.2rc1`) is in a range; ValueError for a version the parser does not
+    understand (builds between releases go through ascend_build first)."""
+    return _key_in(version_key(version), spec)
+
+
+def _key_in(current: tuple[tuple[int, ...], int, int], spec: str) -> bool:
     for op, bound_text in parse_range(spec):
         bound = version_key(bound_text)
         ok = {">=": current >= bound, "<=": current <= bound, "==": current == bound, "!=": current != bound,
@@ -127,7 +169,17 @@ def _fact(raw: dict[str, Any], where: str) -> Fact:
     if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ValueError(f"{where}: fact {fid}: values must be a list of strings")
     return Fact(fid, statement, package, spec, tuple(sources), raw["verified"], str(raw.get("note") or ""),
-                tuple(values))
+                tuple(values), _marker(raw.get("marker"), f"{where}: fact {fid}"))
+
+
+def _marker(raw: Any, where: str) -> tuple[tuple[str, bool], ...]:
+    """`marker: {contains: TEXT}` (holds when the source has it), `{lacks: TEXT}`, or both."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict) or not raw or set(raw) - {"contains", "lacks"} \
+            or not all(str(text or "").strip() for text in raw.values()):
+        raise ValueError(f"{where}: marker must be {{contains: TEXT}}, {{lacks: TEXT}} or both")
+    return tuple((str(text), kind == "contains") for kind, text in raw.items())
 
 
 def parse(data: dict[str, Any], where: str = "facts") -> dict[str, Fact]:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
+from helpers import ascend_build
 from helpers.errors import EnvironmentProblem, UsageError
 
 # A package name as recorded in evidence -> the distribution names that may provide it (the
@@ -165,6 +166,21 @@ class Box:
     def importable(self, module: str) -> bool:
         return module_importable(module)
 
+    def builds(self, versions: dict[str, str | None],
+               packages: Iterable[str] = ("vllm-ascend",)) -> dict[str, ascend_build.Build]:
+        """The installed builds of `packages`, a build between releases placed by its source root
+        (VLLM_ASCEND_SRC); a version the parser does not understand is left out (rules then
+        cannot decide by version, see ascend_build)."""
+        found: dict[str, ascend_build.Build] = {}
+        for package in packages:
+            try:
+                build = ascend_build.identify(versions.get(package), self._source.roots.get(package))
+            except ValueError:
+                continue
+            if build is not None:
+                found[package] = build
+        return found
+
     def source_contains(self, package: str, needle: str) -> bool | None:
         return self._source(package, needle)
 
@@ -229,6 +245,19 @@ class RecordedBox(Box):
 
     def importable(self, module: str) -> bool:
         return module in (self.facts.get("modules") or [])
+
+    def builds(self, versions: dict[str, str | None],
+               packages: Iterable[str] = ("vllm-ascend",)) -> dict[str, ascend_build.Build]:
+        """As recorded: a build between releases stays unplaced (its root is not on this machine)."""
+        found: dict[str, ascend_build.Build] = {}
+        for package in packages:
+            try:
+                build = ascend_build.identify(versions.get(package))
+            except ValueError:
+                continue
+            if build is not None:
+                found[package] = build
+        return found
 
     def source_contains(self, package: str, needle: str) -> bool | None:
         return (self.facts.get("markers") or {}).get(needle)

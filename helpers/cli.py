@@ -292,7 +292,9 @@ def deliver_cmd() -> None:
     rendered = render_all(settings, model, docs_kind=delivery.docs.kind)
     lines = deliver.commit(delivery, rendered.files, rendered.signed_off, rendered.missing, rendered.evidence)
     again = render_all(settings, model, docs_kind=delivery.docs.kind)  # now with the commit hash
-    for line in lines + [f"  report: {again.files['report']} (with the commit hash)"]:
+    lines.append(f"  report: {again.files['report']} (with the commit hash)")
+    lines += deliver.post_issue_comment(model, settings.issue_url, again.files["issue comment"])
+    for line in lines:
         click.echo(line)
 
 
@@ -347,20 +349,32 @@ def _show(settings, as_json: bool, record: dict, table: str) -> None:
     click.echo(json.dumps(record, indent=2, ensure_ascii=False) if as_json or settings.json_output else table)
 
 
+@cli.command("reset-roots")
+def reset_roots_cmd() -> None:
+    """Reset VLLM_SRC and VLLM_ASCEND_SRC to HEAD, only with CONFIRM=yes, after saving each root's
+    diff and untracked files under RUNS_DIR/implementation-roots/<stamp>-reset-roots/."""
+    from helpers import reset_roots
+
+    reset_roots.reset_roots(_settings(), os.environ.get("CONFIRM", ""), click.echo)
+
+
 @cli.command("context")
 @click.option("--json", "as_json", is_flag=True, help="print context.json instead of the table (also JSON=1)")
 def context_cmd(as_json: bool) -> None:
     """Collect the context: checkpoint, implementation roots (HEAD, branch, dirty), delivery repo,
     versions and where each is imported from, NPU processes (ours or not), the port. Writes
     RUNS_DIR/<model>/context.json (MODEL may be unset); exit 3 when a needed NPU or the port is taken."""
-    from helpers import context, profiles
+    from helpers import context, defaults, profiles
     from helpers.errors import EnvironmentProblem
     from helpers.plan import plan_for
 
     settings = _settings()
     model = _model(settings) if settings.model.strip() else None
     profile = profiles.load(settings.backend)
-    plan = plan_for(profile, settings, model, settings.stage) if model is not None else None
+    # the length a stage would serve at (defaults.py), not a profile constant
+    plan = plan_for(profile, settings, model, settings.stage,
+                    max_model_len=defaults.choose_max_model_len(settings, model, profile).value) \
+        if model is not None else None
     record = context.collect(settings, model=model, profile=profile, plan=plan)
     path = context.context_path(settings, model)
     context.write(record, path)

@@ -35,14 +35,33 @@ PACKAGES = (("vllm", "vllm", "vllm"), ("vllm-ascend", "vllm_ascend", "vllm-ascen
 
 
 def delivery_repo(settings: Settings) -> dict[str, Any]:
-    """DELIVERY_REPO, else the current repo when it is a vllm-ascend checkout, else unknown."""
+    """DELIVERY_REPO, else the current repo when it is a vllm-ascend checkout, else unknown; with
+    its branch and dirty files (what `make deliver` would find), so they show before delivery."""
     if settings.delivery_repo is not None:
-        return {"path": str(settings.delivery_repo), "source": "DELIVERY_REPO",
-                "exists": settings.delivery_repo.is_dir()}
-    current = sourcetree.vllm_ascend_checkout(Path.cwd())
-    if current is not None:
-        return {"path": str(current), "source": "the current repo (a vllm-ascend checkout)", "exists": True}
-    return {"path": None, "source": None, "exists": False}
+        found = {"path": str(settings.delivery_repo), "source": "DELIVERY_REPO",
+                 "exists": settings.delivery_repo.is_dir()}
+    else:
+        current = sourcetree.vllm_ascend_checkout(Path.cwd())
+        if current is None:
+            return {"path": None, "source": None, "exists": False}
+        found = {"path": str(current), "source": "the current repo (a vllm-ascend checkout)", "exists": True}
+    if found["exists"]:
+        info = sourcetree.inspect(Path(found["path"]))
+        found.update({"git": info.git, "head": info.head, "branch": info.branch, "dirty": info.dirty[:50],
+                      "dirty_count": info.dirty_count})
+    return found
+
+
+def through_pythonpath(where: str | None, pythonpath: str) -> str | None:
+    """The PYTHONPATH entry an import location is reached through (the package directory sits
+    directly in it), else None: such an import works only while PYTHONPATH is set."""
+    if not where:
+        return None
+    parent = Path(where).parent
+    for entry in filter(None, pythonpath.split(os.pathsep)):
+        if _inside(str(parent), Path(entry)) and (Path(entry) / Path(where).name).exists():
+            return entry
+    return None
 
 
 def _inside(path: str | None, root: Path | None) -> bool | None:
@@ -177,16 +196,26 @@ def collect(settings: Settings, *, model: Model | None, profile: profiles.Profil
             warnings.append(f"{sourcetree.ROOT_SETTINGS[name]}={path}: {info.error}")
 
     versions = facts_box.versions([name for name, _module, _root in PACKAGES])
+    # a recorded box's import paths are not this machine's: this PYTHONPATH says nothing of them
+    pythonpath = os.environ.get("PYTHONPATH", "") if facts_box.kind == "live" else ""
+    builds = facts_box.builds(versions)  # a source build between releases: placed by its root, else unknown
     packages: dict[str, Any] = {}
     for name, module, root in PACKAGES:
         where = facts_box.imported_from(module)
-        entry: dict[str, Any] = {"version": versions.get(name), "module": module, "imported_from": where}
+        entry: dict[str, Any] = {"version": versions.get(name), "module": module, "imported_from": where,
+                                 "through_pythonpath": through_pythonpath(where, pythonpath)}
+        if name in builds and not builds[name].is_release:
+            entry["build"] = builds[name].describe()
         if root is not None:
             entry["from_root"] = _inside(where, roots[root])
+            setting = sourcetree.ROOT_SETTINGS[root]
             if where and entry["from_root"] is False:
-                setting = sourcetree.ROOT_SETTINGS[root]
                 warnings.append(f"{module} is imported from {where}, not from {setting}={roots[root]}: changes made "
                                 "in the root are not what runs (pip install -e the root, check PYTHONPATH)")
+            elif entry["from_root"] and entry["through_pythonpath"]:
+                warnings.append(f"{module} reaches {setting}={roots[root]} only through PYTHONPATH "
+                                f"({entry['through_pythonpath']}): a shell without it imports another copy "
+                                "(pip install -e the root)")
         packages[name] = entry
 
     model_record: dict[str, Any] = {"requested": settings.model or None, "model_root": str(settings.model_root)}
@@ -206,6 +235,12 @@ def collect(settings: Settings, *, model: Model | None, profile: profiles.Profil
         warnings.append("no delivery repo: set DELIVERY_REPO to the vllm-ascend checkout that gets the commit")
     elif not delivery["exists"]:
         warnings.append(f"DELIVERY_REPO={delivery['path']} does not exist")
+
+    work_dir: dict[str, Any] | None = None
+    if plan is not None and plan.cwd:
+        work_dir = {"path": plan.cwd, "source": plan.cwd_source, "exists": Path(plan.cwd).is_dir()}
+        if plan.work_dir_problem():
+            problems.append(plan.work_dir_problem())
 
     port_record: dict[str, Any] | None = None
     if port:
@@ -229,6 +264,8 @@ def collect(settings: Settings, *, model: Model | None, profile: profiles.Profil
         "model": model_record,
         "roots": root_records,
         "delivery_repo": delivery,
+        "work_dir": work_dir,
+        "pythonpath": pythonpath or None,
         "packages": packages,
         "versions": versions,
         "npus": npu_record,
@@ -289,12 +326,22 @@ def render_table(record: dict[str, Any]) -> str:
             state = root.get("error") or "not set"
         rows.append(("实现根目录", root["setting"], f"{root['path']}  {state}"))
     delivery = record["delivery_repo"]
-    rows.append(("交付仓库", "DELIVERY_REPO", f"{delivery['path']} ({delivery['source']})" if delivery["path"]
+    state = ""
+    if delivery.get("git"):
+        state = f"  {delivery['branch'] or 'detached'}, {delivery['dirty_count']} dirty file(s)"
+    rows.append(("交付仓库", "DELIVERY_REPO", f"{delivery['path']} ({delivery['source']}){state}" if delivery["path"]
                  else "unknown"))
+    work_dir = record.get("work_dir")
+    if work_dir:
+        rows.append(("工作目录", "WORK_DIR", f"{work_dir['path']} ({work_dir['source']})"
+                     + ("" if work_dir["exists"] else "  (missing)")))
     for name, entry in record["packages"].items():
         where = entry["imported_from"] or ("not recorded" if record["box"] == "recorded" else "not importable")
         mark = {True: "  (from the root)", False: "  (NOT from the root)"}.get(entry.get("from_root"), "")
-        rows.append(("版本", entry["module"], f"{entry['version'] or '-'}  {where}{mark}"))
+        if entry.get("through_pythonpath"):
+            mark += f"  (through PYTHONPATH {entry['through_pythonpath']})"
+        shown = entry.get("build") or entry["version"] or "-"
+        rows.append(("版本", entry["module"], f"{shown}  {where}{mark}"))
     npus = record.get("npus")
     if npus is not None:
         summary = f"{len(npus['devices'])} device(s) ({npus['source']}); the plan needs {npus['needed'] or '-'}"

@@ -69,9 +69,17 @@ def choose_max_model_len(settings: Settings, model: Model, profile: Profile) -> 
     if found:
         return Chosen(found[0], found[1])
     limit = model.facts.max_position_embeddings
-    if isinstance(limit, int) and 0 < limit < int(template):
-        return Chosen(limit, f"serve template {template} capped by max_position_embeddings {limit} (config.json)")
-    return Chosen(int(template), f"serve template {template} (max_position_embeddings {limit or 'not in config'})")
+    length = serve_template_length(int(template), limit)
+    if length != int(template):
+        return Chosen(length, f"serve template {template} capped by max_position_embeddings {limit} (config.json)")
+    return Chosen(length, f"serve template {template} (max_position_embeddings {limit or 'not in config'})")
+
+
+def serve_template_length(template: int, max_position_embeddings: int | None) -> int:
+    """The workflow's serve-template length before any capacity result: the template, capped by
+    the model's max_position_embeddings (the runbooks' plain-shell lines use the same rule)."""
+    limit = max_position_embeddings
+    return limit if isinstance(limit, int) and 0 < limit < template else template
 
 
 def choose(settings: Settings, model: Model, profile: Profile,

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helpers import changeset, gitrepo
+from helpers import changeset, deliver_issue, gitrepo
 from helpers import evidence as ev
 from helpers.deliver_code import CodePlan, export_vllm_patch, plan_code, put_in
 from helpers.deliver_docs import NIGHTLY_LIST, DocsSystem, add_nav_entry, add_nightly_entry, detect_docs_system
@@ -175,4 +175,13 @@ def commit(delivery: Delivery, files: dict[str, Path], signed_off: bool, missing
     if patch:
         lines.append(f"  needs a vLLM change ({len(delivery.code.vllm)} files): {patch}")
     lines += [f"  left out (outside the minimal set): {item}" for item in delivery.code.left_out]
+    return lines
+
+
+def post_issue_comment(model: Model, issue_url: str, comment: Path) -> list[str]:
+    """Post the issue comment (or say how); recorded in deliver.json beside the commit."""
+    result, lines = deliver_issue.post(issue_url, comment)
+    record_path = model.runs_dir / DELIVER_RECORD
+    record = ev.read_json(record_path) if record_path.is_file() else {}
+    ev.atomic_write_json(record_path, {**record, "issue_comment": result})
     return lines

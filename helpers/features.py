@@ -196,7 +196,7 @@ def pick_version_rule(rule: FeatureRule, versions: dict[str, str | None],
             if found is False:
                 continue
         installed = versions.get(entry.package)
-        if installed and fact.holds_for(installed):
+        if installed and fact.decide(installed, source_probe)[0]:
             return entry, f"{entry.package} {installed} is in {fact.range} (fact {fact.id}: {fact.source[0]})"
     return None, ""
 

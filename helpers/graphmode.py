@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Mapping
 
-from helpers import ascend_facts
+from helpers import ascend_build, ascend_facts
 from helpers.catalog import load_catalog
 
 EXPECTS = ("replay", "startup", "none")
 # cudagraph_mode values that capture PIECEWISE graphs (1 = CUDAGraphMode.PIECEWISE); unset means
 # vLLM's default, which captures PIECEWISE graphs on every version (PIECEWISE or FULL_AND_PIECEWISE)
 PIECEWISE_MODES = {"PIECEWISE", "FULL_AND_PIECEWISE", "1"}
+Versions = Mapping[str, "str | ascend_build.Build | None"]
+SourceProbe = Callable[[str, str], "bool | None"]
 
 
 @dataclass
@@ -70,7 +72,8 @@ def json_key(argv: list[str], flag: str, dotted: str) -> tuple[bool, Any]:
     return True, value
 
 
-def _holds(when: dict[str, Any], argv: list[str], env: dict[str, str], versions: dict[str, str | None]) -> bool:
+def _holds(when: dict[str, Any], argv: list[str], env: dict[str, str], versions: Versions,
+           source_contains: SourceProbe | None = None) -> bool:
     for key, expected in when.items():
         if key == "flag":
             if flag_value(argv, str(expected)) is None:
@@ -88,8 +91,9 @@ def _holds(when: dict[str, Any], argv: list[str], env: dict[str, str], versions:
                 return False
         elif key == "fact":
             fact = ascend_facts.get(str(expected))
+            # the installed source decides first (a build between releases reports an old number);
             # an unknown version cannot refute the mode the command asked for
-            if fact.holds_for(versions.get(fact.package or "vllm-ascend")) is False:
+            if fact.decide(versions.get(fact.package or "vllm-ascend"), source_contains)[0] is False:
                 return False
         else:
             raise ValueError(f"graph mode condition {key!r} is unknown (flag, json, env, fact)")
@@ -97,12 +101,12 @@ def _holds(when: dict[str, Any], argv: list[str], env: dict[str, str], versions:
 
 
 def select(graph: dict[str, Any], argv: list[str], env: dict[str, str],
-           versions: dict[str, str | None]) -> GraphMode:
-    """The graph mode of this command on this box."""
+           versions: Versions, source_contains: SourceProbe | None = None) -> GraphMode:
+    """The graph mode of this command on this box (`source_contains`: the box's source probe)."""
     for entry in graph.get("modes") or []:
         if entry.get("expects") not in EXPECTS:
             raise ValueError(f"graph mode {entry.get('id')!r}: expects must be one of {EXPECTS}")
-        if _holds(entry.get("when") or {}, argv, env, versions):
+        if _holds(entry.get("when") or {}, argv, env, versions, source_contains):
             return GraphMode(
                 id=str(entry["id"]), name=str(entry.get("name") or graph.get("name") or "graph"),
                 expects=str(entry["expects"]), evidence=list(entry.get("evidence") or []),
@@ -177,6 +181,21 @@ def captures_piecewise(argv: list[str]) -> bool:
     """Does this command capture PIECEWISE graphs (vLLM's default cudagraph_mode does)?"""
     present, value = json_key(argv, "--compilation-config", "cudagraph_mode")
     return not present or str(value).upper() in PIECEWISE_MODES
+
+
+FULL_MODES = {"FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE", "2"}  # every mode that captures full graphs
+
+
+def full_under_context_parallel(argv: list[str]) -> str:
+    """The warning before a start whose own command asks for FULL graphs under context parallel
+    ('' otherwise): the graph mode guide does not support it (fact cp-no-full-cudagraph)."""
+    present, value = json_key(argv, "--compilation-config", "cudagraph_mode")
+    size = context_parallel_size(argv)
+    if not present or size <= 1 or str(value).upper() not in FULL_MODES:
+        return ""
+    return (f"cudagraph_mode {value} with context parallel size {size}: FULL graphs are not supported under "
+            "context parallel (fact cp-no-full-cudagraph); use PIECEWISE "
+            "(--compilation-config '{\"cudagraph_mode\":\"PIECEWISE\"}') or --enforce-eager")
 
 
 def soft_partition(spec: dict[str, Any], view: dict[str, Any]) -> str:

@@ -47,6 +47,15 @@ class ServePlan:
     port: int
     secret_env: dict[str, str] = field(default_factory=dict, repr=False)
     unset_env: list[str] = field(default_factory=list)
+    cwd_source: str = ""   # WORK_DIR, or the profile whose workdir it is
+
+    def work_dir_problem(self) -> str:
+        """One line when the directory to serve from is missing ("" when it is there or unset):
+        the workflow serves from /workspace, and a server silently started elsewhere would not."""
+        if not self.cwd or Path(self.cwd).is_dir():
+            return ""
+        return (f"{self.cwd_source}={self.cwd} does not exist: create it (the workflow serves from it) "
+                "or set WORK_DIR to an existing directory")
 
     def process_env(self, base: dict[str, str]) -> dict[str, str]:
         merged = dict(base)
@@ -121,7 +130,9 @@ def build_plan(
     argv += ["--served-model-name", served_name]
     argv += list(profile.flags)
     argv += ["--dtype", dtype or str(defaults.get("dtype", "auto"))]
-    argv += ["--max-model-len", str(max_model_len or defaults.get("max_model_len", 4096))]
+    # unchosen (no settings, no defaults.choose): the profile's length, else its serve template's
+    length = max_model_len or defaults.get("max_model_len") or defaults.get("max_model_len_from_template") or 4096
+    argv += ["--max-model-len", str(length)]
     argv += ["--tensor-parallel-size", str(tp or defaults.get("tp", 1))]
     argv += ["--max-num-seqs", str(max_num_seqs or defaults.get("max_num_seqs", 16))]
     if stage == "a":
@@ -138,12 +149,12 @@ def build_plan(
                 env.pop(name, None)
                 if name not in unset_env:
                     unset_env.append(name)
+    # kept as asked even when missing: the start refuses it (work_dir_problem), never drops it
     cwd = work_dir or profile.workdir
-    if cwd and not Path(cwd).is_dir():
-        cwd = ""
+    cwd_source = "WORK_DIR" if work_dir else f"the {profile.name} profile's workdir"
     secret_env = {"VLLM_API_KEY": api_key} if api_key else {}
     return ServePlan(argv=argv, env=env, cwd=cwd, served_name=served_name, host=host, port=port,
-                     secret_env=secret_env, unset_env=unset_env)
+                     secret_env=secret_env, unset_env=unset_env, cwd_source=cwd_source)
 
 
 def mask(text: str, secrets: list[str]) -> str:

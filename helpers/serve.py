@@ -225,6 +225,9 @@ class Server:
     @classmethod
     def start(cls, plan: ServePlan, log_path: Path, runs_dir: str | Path, token: str,
               base_env: dict[str, str] | None = None) -> "Server":
+        missing = plan.work_dir_problem()
+        if missing:
+            raise EnvironmentProblem(missing)
         log = open(log_path, "ab", buffering=0)
         try:
             process = subprocess.Popen(

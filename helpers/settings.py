@@ -171,6 +171,7 @@ class Settings:
     dataset_dir: Path | None = None
     serve_as: str = "documented"
     delivery_repo: Path | None = None
+    issue_url: str = ""
     model_id: str = ""
     tiny_dir: Path | None = None
     tiny_kind: str = "dense"
@@ -222,6 +223,7 @@ def load(overrides: dict[str, str | None] | None = None) -> Settings:
         serve_as=_choice(values, "SERVE_AS", "documented", ("documented", "base"),
                          "use SERVE_AS=documented (like the documented run) or base (the plain Stage B command)"),
         delivery_repo=_path(values, "DELIVERY_REPO", base),
+        issue_url=_text(values, "ISSUE_URL"),
         model_id=_text(values, "MODEL_ID"),
         tiny_dir=_path(values, "TINY_DIR", base),
         tiny_kind=_text(values, "TINY_KIND") or "dense",

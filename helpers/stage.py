@@ -24,7 +24,7 @@ from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted
 from helpers.lifecycle import Session, SignalGuard, serving
 from helpers.diagnosis import diagnosis_of
 from helpers.logscan import LogScanner
-from helpers import defaults, graphmode
+from helpers import defaults, flashcomm_env, graphmode
 from helpers.model import Model
 from helpers.plan import ServePlan, Variant, mask, plan_for
 from helpers.readiness import Progress, WatchOutcome, base_url
@@ -71,6 +71,7 @@ class StageRun:
                                         max_num_seqs=max_num_seqs, tp=self.defaults["tp"].value)
         self.first_request_line = 0
         self.warnings: list[str] = []
+        self.flashcomm1_env = self._flashcomm1_env()
         self.secrets = [settings.api_key] if settings.api_key else []
         self.run_dir: Path | None = None
         self.record: dict[str, Any] = {}
@@ -82,6 +83,22 @@ class StageRun:
         # before the verdict is printed, so the one verdict line a user sees is the final one.
         self.post_check: Callable[["StageRun"], None] | None = None
         self.context: dict[str, Any] | None = None  # collected before the server starts (make context)
+
+    def _flashcomm1_env(self) -> dict[str, Any] | None:
+        """What the box's environment says about flashcomm1; a base run unsets what would turn it on."""
+        if self.profile.family != "ascend":
+            return None
+        box = self.profile.facts_box()
+        versions = box.versions(("vllm-ascend",))
+        found = flashcomm_env.state(os.environ, {**versions, **box.builds(versions)}.get("vllm-ascend"),
+                                    box.source_contains)
+        note = flashcomm_env.baseline_note(found) if self.request.variant.name == "base" else ""
+        if note:
+            self.plan.unset_env += [name for name in found["on"] if name not in self.plan.unset_env]
+            self.warnings.append(note)
+            self.out(note)
+        found["unset"] = bool(note)
+        return found
 
     @property
     def model_name(self) -> str:
@@ -127,6 +144,7 @@ class StageRun:
             "command": {"argv": self.plan.argv, "env": self.plan.env, "cwd": self.plan.cwd,
                         "shell": self.plan.shell_line(), "file": "command.sh"},
             "versions": self.profile.facts_box().versions(self.profile.versions),
+            "flashcomm1_env": self.flashcomm1_env,
             "context": self.context,
             "started_at": ev.utc_iso(),
             "finished_at": None,
@@ -204,8 +222,10 @@ class StageRun:
         return self._send_smoke(url, ready_line)
 
     def _graph_mode(self) -> graphmode.GraphMode:
-        versions = self.profile.facts_box().versions(self.profile.versions)
-        return graphmode.select(self.profile.graph, self.plan.argv, self.plan.process_env(dict(os.environ)), versions)
+        box = self.profile.facts_box()
+        versions = box.versions(self.profile.versions)
+        return graphmode.select(self.profile.graph, self.plan.argv, self.plan.process_env(dict(os.environ)),
+                                {**versions, **box.builds(versions)}, box.source_contains)
 
     def _graph_check(self) -> dict[str, Any]:
         """The graph mode's evidence (graphmode.py): on ascend a replay line after the first request."""
@@ -222,8 +242,13 @@ class StageRun:
         return graphmode.judge(mode, scan.evidence, scan.evidence_lines, self.first_request_line)
 
     def _start_warnings(self) -> None:
-        """What this box and command say before the start: a soft-partitioned NPU cannot capture
-        PIECEWISE graphs (fact soft-partition-piecewise-unsupported)."""
+        """What this box and command say before the start: FULL graphs asked for under context
+        parallel (fact cp-no-full-cudagraph); a soft-partitioned NPU cannot capture PIECEWISE graphs
+        (fact soft-partition-piecewise-unsupported)."""
+        if self.profile.graph_expected:  # the command itself asks for FULL graphs under context parallel
+            full_cp = graphmode.full_under_context_parallel(self.plan.argv)
+            if full_cp:
+                self.warnings.append(full_cp)
         spec = self.profile.graph.get("soft_partition") or {}
         if not spec or self._graph_mode().expects == "none" or not graphmode.captures_piecewise(self.plan.argv):
             return

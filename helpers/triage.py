@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import ascend_facts, graphmode, hf_id, layers, parallel, profiles, sourcetree
+from helpers import ascend_build, ascend_facts, graphmode, hf_id, layers, parallel, profiles, sourcetree
 from helpers import checkpoint as ckpt
 from helpers import coverage as coverage_check
 from helpers import evidence as ev
@@ -32,22 +32,28 @@ SCHEMA = "bringup.triage/1"
 # registry.method of a triage.json a stage or gate wrote for itself (no registry asked)
 IN_PROCESS = "skipped: triaged in-process by a stage or gate run"
 FP8_REFUSED = ("fp8 checkpoint: vllm-ascend {version} reports `fp8 quantization is currently not supported in "
-               "npu` (fact quantization-not-supported-npu); dequantise to bf16 at load time from each *.weight + "
+               "npu` ({why}); dequantise to bf16 at load time from each *.weight + "
                "*.weight_scale_inv pair (fail on unpaired keys)")
-FP8_ACCEPTED = ("fp8 checkpoint: vllm-ascend {version} accepts fp8 (fact fp8-accepted, PR #9757): serve it as is; "
+FP8_ACCEPTED = ("fp8 checkpoint: vllm-ascend {version} accepts fp8 ({why}, PR #9757): serve it as is; "
                 "dequantise only if the fp8 kernels fail")
 FP8_UNKNOWN = ("fp8 checkpoint: vllm-ascend below 0.21.0rc1 reports `fp8 quantization is currently not supported "
                "in npu`: there, dequantise to bf16 at load time (*.weight + *.weight_scale_inv pairs); "
-               "0.21.0rc1 and later accept fp8 (PR #9757); vllm-ascend is not installed here")
+               "0.21.0rc1 and later accept fp8 (PR #9757); vllm-ascend {version}")
 
 
-def fp8_note(vllm_ascend: str | None) -> str:
-    """What an fp8 checkpoint means for the installed vllm-ascend (facts, not a guess)."""
-    if vllm_ascend and ascend_facts.get("fp8-accepted").holds_for(vllm_ascend):
-        return FP8_ACCEPTED.format(version=vllm_ascend)
-    if vllm_ascend and ascend_facts.get("quantization-not-supported-npu").holds_for(vllm_ascend):
-        return FP8_REFUSED.format(version=vllm_ascend)
-    return FP8_UNKNOWN
+def fp8_note(vllm_ascend: str | ascend_build.Build | None,
+             source_contains: Callable[[str, str], bool | None] | None = None) -> str:
+    """What an fp8 checkpoint means for the installed vllm-ascend: its source first (a build
+    between releases reports an old version number), else its version (facts, not a guess)."""
+    build = ascend_build.parse(vllm_ascend) if isinstance(vllm_ascend, str) else vllm_ascend
+    shown = build.describe() if build else "is not installed here"
+    accepted, why = ascend_facts.get("fp8-accepted").decide(build, source_contains)
+    if accepted:
+        return FP8_ACCEPTED.format(version=shown, why=why)
+    refused, why = ascend_facts.get("quantization-not-supported-npu").decide(build, source_contains)
+    if refused:
+        return FP8_REFUSED.format(version=shown, why=why)
+    return FP8_UNKNOWN.format(version=shown)
 
 
 # --- the record -----------------------------------------------------------------------------
@@ -269,7 +275,12 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
                         "k_norm shard path")
 
     versions = facts_box.versions()
-    quantization_note = fp8_note(versions.get("vllm-ascend")) if is_fp8 else None
+    builds = facts_box.builds(versions)
+    for package, build in builds.items():
+        if not build.is_release:
+            warnings.append(f"{package} {build.describe()}: version-bound rules read its source, not this number "
+                            "(fact setuptools-scm-main-version)")
+    quantization_note = fp8_note(builds.get("vllm-ascend"), facts_box.source_contains) if is_fp8 else None
     if quantization_note:
         warnings.append(quantization_note)
     if query is not None:
@@ -288,7 +299,7 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
     rules = feature_rules.load_rules()
     rule_facts = feature_facts(profile, facts, mtp, has_weights, plan.tp)
     feature_list = [a.to_dict() for a in feature_rules.assess_all(
-        rule_facts, rules=rules, versions=versions, source_probe=facts_box.source_contains,
+        rule_facts, rules=rules, versions={**versions, **builds}, source_probe=facts_box.source_contains,
         module_probe=facts_box.importable)]
 
     blocking = errors[0] if errors else ""

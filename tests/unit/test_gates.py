@@ -160,7 +160,7 @@ def test_flashcomm1_modes_by_version(tmp_path):
 # --- golden Ascend command lines ---------------------------------------------------------------
 
 BASE = ("HCCL_OP_EXPANSION_MODE=AIV vllm serve /models/Qwen3-30B-A3B "
-        "--served-model-name Qwen3-30B-A3B --trust-remote-code --dtype bfloat16 --max-model-len 32768 "
+        "--served-model-name Qwen3-30B-A3B --trust-remote-code --dtype bfloat16 --max-model-len 40960 "
         "--tensor-parallel-size 8 --max-num-seqs 16")
 TAIL = "--host 127.0.0.1 --port 8000"
 GOLDEN = {
@@ -168,14 +168,14 @@ GOLDEN = {
     "stage-b": f"{BASE} {TAIL}",
     "ep": f"{BASE} {TAIL} --enable-expert-parallel",
     "flashcomm1@0.13": ("HCCL_OP_EXPANSION_MODE=AIV VLLM_ASCEND_ENABLE_FLASHCOMM1=1 vllm serve /models/Qwen3-30B-A3B "
-                        "--served-model-name Qwen3-30B-A3B --trust-remote-code --dtype bfloat16 --max-model-len 32768 "
+                        "--served-model-name Qwen3-30B-A3B --trust-remote-code --dtype bfloat16 --max-model-len 40960 "
                         f"--tensor-parallel-size 8 --max-num-seqs 16 {TAIL} --enable-expert-parallel"),
     "flashcomm1@0.20": f"{BASE} {TAIL} --additional-config '{{\"enable_flashcomm1\":true}}' --enable-expert-parallel",
     "mtp": f"{BASE} {TAIL} --speculative-config '{{\"method\":\"mtp\",\"num_speculative_tokens\":1}}'",
     "eager": f"{BASE} {TAIL} --enforce-eager",
     "dynamo-fallback": ("HCCL_OP_EXPANSION_MODE=AIV TORCHDYNAMO_DISABLE=1 "
                         "VLLM_USE_AOT_COMPILE=0 vllm serve /models/Qwen3-30B-A3B --served-model-name Qwen3-30B-A3B "
-                        "--trust-remote-code --dtype bfloat16 --max-model-len 32768 --tensor-parallel-size 8 "
+                        "--trust-remote-code --dtype bfloat16 --max-model-len 40960 --tensor-parallel-size 8 "
                         f"--max-num-seqs 16 {TAIL}"),
     "text-only": f"{BASE} {TAIL} --limit-mm-per-prompt '{{\"image\":0,\"video\":0,\"audio\":0}}'",
 }
@@ -183,7 +183,8 @@ GOLDEN = {
 
 def ascend_line(variant: Variant | None, stage: str = "b") -> str:
     plan = build_plan(profiles.load("ascend"), model_path="/models/Qwen3-30B-A3B", served_name="Qwen3-30B-A3B",
-                      stage=stage, host="127.0.0.1", port=8000, tp=8, variant=variant)
+                      stage=stage, host="127.0.0.1", port=8000, tp=8, variant=variant,
+                      max_model_len=40960)  # the serve template capped by its max_position_embeddings
     return plan.shell_line()
 
 

@@ -108,4 +108,33 @@ def test_a_context_parallel_log_never_gets_full_graphs_recommended(tmp_path):
                    "[ERROR] RUNTIME(569,):2026-06-30-12:05:19.521.684 [api_c.cc:1081]569 rtMemcpy:ErrCode=107030, "
                    "desc=[the current capture mode does not support this operation], InnerCode=0x703001c\n")
     replay = diagnosis.diagnose(log, model="m")
-    assert replay.category == "graph-replay" and "context-parallel run" in replay.hint_en
+    assert replay.category == "graph-capture-mode" and "context-parallel run" in replay.hint_en
+
+
+@pytest.mark.parametrize("extra, warned", [
+    (["--prefill-context-parallel-size", "2", "--compilation-config", '{"cudagraph_mode":"FULL_DECODE_ONLY"}'], True),
+    (["--decode-context-parallel-size", "2", "--compilation-config", '{"cudagraph_mode":"FULL"}'], True),
+    (["--prefill-context-parallel-size", "2", "--compilation-config", '{"cudagraph_mode":"PIECEWISE"}'], False),
+    (["--prefill-context-parallel-size", "2"], False),                       # vLLM's default: not the command's
+    (["--compilation-config", '{"cudagraph_mode":"FULL_DECODE_ONLY"}'], False),  # no context parallel
+])
+def test_a_command_that_sets_full_graphs_under_context_parallel_is_warned_before_the_start(extra, warned):
+    warning = graphmode.full_under_context_parallel(BASE + extra)
+    assert bool(warning) is warned
+    if warned:
+        assert "fact cp-no-full-cudagraph" in warning and "PIECEWISE" in warning
+
+
+def test_the_stage_says_it_before_starting(tmp_path, tiny_dense, monkeypatch):
+    """A replay-backend StageRun, constructed and asked for its start warnings; nothing starts."""
+    from helpers import settings
+    from helpers.model import resolve
+    from helpers.stage import StageRequest, StageRun
+
+    monkeypatch.setenv("REPLAY_SCENARIO", "v0.13-qwen3-30b-a3b")
+    extra = "--prefill-context-parallel-size 2 --compilation-config '{\"cudagraph_mode\":\"FULL_DECODE_ONLY\"}'"
+    loaded = settings.load({"MODEL": str(tiny_dense), "BACKEND": "replay", "RUNS_DIR": str(tmp_path / "runs"),
+                            "EXTRA_ARGS": extra})
+    run = StageRun(loaded, resolve(loaded), StageRequest(step="stage-b", stage="b"), out=lambda _l: None)
+    run._start_warnings()
+    assert any(w.startswith("cudagraph_mode FULL_DECODE_ONLY with context parallel size 2") for w in run.warnings)

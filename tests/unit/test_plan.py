@@ -68,7 +68,8 @@ def test_command_sh_reproduces_argv_exactly_and_never_holds_the_key(tmp_path):
     assert 'VLLM_API_KEY="${VLLM_API_KEY:?' in text
     script = tmp_path / "command.sh"
     # Replace exec with a printer of argv to see what the shell would really run.
-    script.write_text(text.replace("exec vllm", "printf '%s\\n' vllm"))
+    assert "\ncd /workspace\n" in text  # the workflow's work dir, kept even where it is missing
+    script.write_text(text.replace("exec vllm", "printf '%s\\n' vllm").replace("cd /workspace", f"cd {tmp_path}"))
     out = subprocess.run(["bash", str(script)], env={"VLLM_API_KEY": "x", "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, cwd=tmp_path, check=True).stdout
     assert out.splitlines() == plan.argv

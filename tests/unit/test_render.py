@@ -21,7 +21,7 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 
 REPORT_SECTIONS = ["## 1. 模型架构", "## 2. 根因与改动", "## 3. 证据（含日志路径）", "## 4. 特性矩阵（四类）",
                    "## 5. 最大长度：理论最大长度与实际最大长度", "## 6. dummy 与真实权重对比", "## 7. 假就绪（false-ready）案例",
-                   "## 8. 回退阶梯：已尝试的档位", "## 9. 精度", "## 10. 已知限制"]
+                   "## 8. 回退阶梯：已尝试的级", "## 9. 精度", "## 10. 已知限制"]
 # The workflow's template (workflow-checklist.txt "Tutorial doc generation"), in this order.
 TUTORIAL_SECTIONS = ["## Introduction", "## Supported Features", "## Environment Preparation", "## Deployment",
                      "## Functional Verification", "## Accuracy Evaluation", "## Performance"]
@@ -80,7 +80,7 @@ def test_report_cites_every_recorded_run_and_the_false_ready_root_cause(runs, tm
 def test_missing_stage_b_is_said_in_the_first_lines(runs, tmp_path):
     out, result = report(runs, "tiny-dummy-only", tmp_path, signs_off=False)
     first = "\n".join((out / "report.zh.md").read_text(encoding="utf-8").splitlines()[:4])
-    assert "没有通过的全层 Stage B（真实权重）证据" in first and "不能签收" in first
+    assert "没有通过的全层 Stage B（真实权重）证据" in first and "不能验收" in first
     assert "NO full-layer Stage B PASS" in result.stdout
     assert "Stage B never ran" in result.stderr
     runbook = (out / "runbook.zh.md").read_text(encoding="utf-8")
@@ -232,4 +232,4 @@ def test_the_e2e_yaml_always_names_the_hardware_and_the_report_says_where_the_id
     config = yaml.safe_load((out / "tests/e2e/models/configs/tiny-qwen2.yaml").read_text())
     assert config["model_name"] == "Org/tiny-qwen2" and config["hardware"] == "Atlas A2 Series"
     text = (out / "report.zh.md").read_text(encoding="utf-8")
-    assert "模型 id：`Org/tiny-qwen2`（来源：`MODEL_ID`）" in text and "按 `tp=1` 推定" in text
+    assert "模型 id：`Org/tiny-qwen2`（来源：`MODEL_ID` 变量）" in text and "按 `tp=1` 推定" in text

@@ -20,7 +20,7 @@ from string import Template
 import pytest
 import yaml
 
-from helpers import profiles, render_signatures
+from helpers import defaults, profiles, render_signatures
 from helpers import gates
 from helpers.cli import cli
 from helpers.catalog import load_catalog
@@ -42,8 +42,11 @@ SERVER_ENV_PREFIXES = {"TORCHDYNAMO_DISABLE", "HCCL_OP_EXPANSION_MODE", "PYTORCH
                        "VLLM_ALLOW_LONG_MAX_MODEL_LEN", "HCCL_IF_BASE_PORT", "HCCL_BUFFSIZE",
                        "ASCEND_RT_VISIBLE_DEVICES"}
 # The example values every runbook states (runbooks/README.md).
-EXAMPLE = {"model": "/models/Qwen3-8B", "tp": "8", "max_model_len": "32768", "max_num_seqs": "",
+EXAMPLE = {"model": "/models/Qwen3-8B", "tp": "8", "max_num_seqs": "",
            "stage": "b", "host": "127.0.0.1", "port": "8000"}
+# MAX_MODEL_LEN is not an example value: unset, the serve template's length capped by the model's
+# max_position_embeddings (helpers/defaults.py); these are the example models' config.json values.
+MAX_POSITIONS = {"Qwen3-8B": 40960, "Qwen3-30B-A3B": 40960, "Qwen2.5-VL-7B-Instruct": 128000, "DeepSeek-V3": 163840}
 # Golden blocks that must exist: removing one from the runbooks fails the test.
 REQUIRED_GOLDEN = {"stage-a", "stage-b", "eager", "dynamo-fallback", "text-only", "ep", "reduced-layers", "xlite"}
 # The layer override the runbooks show for a reduced-layers smoke run.
@@ -293,9 +296,12 @@ def expected_serve_line(block: Block) -> str:
     stage, variant = golden_variant(block.golden or "")
     stage = block.golden_attrs.get("stage", stage)
     model = values["model"]
-    plan = build_plan(profiles.load("ascend"), model_path=model, served_name=values.get("name", Path(model).name),
+    profile = profiles.load("ascend")
+    length = values.get("max_model_len") or defaults.serve_template_length(
+        int(profile.defaults["max_model_len_from_template"]), MAX_POSITIONS[Path(model).name])
+    plan = build_plan(profile, model_path=model, served_name=values.get("name", Path(model).name),
                       stage=stage, host=values["host"], port=int(values["port"]), tp=int(values["tp"]),
-                      max_model_len=int(values["max_model_len"]),
+                      max_model_len=int(length),
                       max_num_seqs=int(values["max_num_seqs"]) if values["max_num_seqs"] else None,
                       variant=variant)
     return plan.shell_line()
@@ -324,6 +330,28 @@ def test_golden_serve_line_equals_the_ascend_plan(block: Block):
     assert written == expected_serve_line(block), (
         f"{block.where()} ({block.golden}): the runbook's serve command differs from the ascend profile's;"
         " update the runbook (or the profile) so they agree")
+
+
+def test_the_documents_state_the_max_length_default_the_code_uses():
+    """Unset MAX_MODEL_LEN on ascend is the serve template's length capped by max_position_embeddings
+    (defaults.py): the runbooks' example table, env.example and both READMEs say that number, and
+    the profile carries no other ascend length that a reader could take for the default."""
+    profile = profiles.load("ascend")
+    template = str(profile.defaults["max_model_len_from_template"])
+    assert "max_model_len" not in profile.defaults, "an unused ascend default length misleads the documents"
+    row = next(line for line in (RUNBOOKS / "README.md").read_text(encoding="utf-8").splitlines()
+               if line.startswith("| `MAX_MODEL_LEN`"))
+    assert template in row and "max_position_embeddings" in row
+    for name, length in MAX_POSITIONS.items():
+        capped = defaults.serve_template_length(int(template), length)
+        assert f"{name}" in row and str(capped) in row, f"runbooks/README.md: {name} serves at {capped}"
+    env_block = (REPO / "env.example").read_text(encoding="utf-8").split("MAX_MODEL_LEN ?=")[0].rsplit("?=", 1)[1]
+    assert template in env_block and "max_position_embeddings" in env_block
+    for readme in ("README.md", "README.zh.md"):
+        text = (REPO / readme).read_text(encoding="utf-8")
+        assert template in text and "32768" not in text, readme
+    for path in runbook_files():
+        assert "--max-model-len 32768" not in path.read_text(encoding="utf-8"), path.name
 
 
 def test_the_capacity_load_is_the_one_the_toolkit_sends():
@@ -437,3 +465,17 @@ def test_the_plain_shell_port_check_names_the_holder(tmp_path):
     assert f"port {port}: pid {os.getpid()} " in held.stdout, held.stdout + held.stderr
     free = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert free.stdout.strip() == f"port {port}: free"
+
+
+def test_stage_b_real_weight_evidence_is_what_the_toolkit_records():
+    """runbooks/03-stage-b.md proves real weights by the command (no `--load-format dummy`) and the
+    engine line's load_format: the scanner records that key from real CPU-backend logs, and the
+    runbook does not make the optional `Loading weights took` line a requirement."""
+    from helpers.logscan import scan_file
+
+    text = (RUNBOOKS / "03-stage-b.md").read_text(encoding="utf-8")
+    assert "grep -c -- '--load-format dummy' command.sh" in text and "log_evidence.load_format" in text
+    assert "两行都要看" not in text
+    logs = REPO / "tests" / "fixtures" / "logs" / "cpu"
+    assert scan_file(logs / "pass-real.log").evidence["load_format"] == "auto"
+    assert scan_file(logs / "pass-dummy.log").evidence["load_format"] == "dummy"

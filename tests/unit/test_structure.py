@@ -34,6 +34,9 @@ LAYERS["data"] |= {"graphmode"}
 LAYERS["engine"] |= {"defaults"}
 # issue 22: the log scan searches all runtime gates in one pass
 LAYERS["data"] |= {"multifind"}
+# issue 21: which build is installed (a release, or a source build placed by its root's git state)
+LAYERS["data"] |= {"ascend_build", "flashcomm_env"}
+LAYERS["steps"] |= {"reset_roots", "deliver_issue"}
 
 
 def modules() -> dict[str, Path]:

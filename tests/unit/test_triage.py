@@ -220,6 +220,20 @@ def test_fp8_checkpoint_gets_the_npu_warning_and_pairs_scales(tmp_path, models):
     assert cov["status"] == "ok" and cov["fp8_unpaired_count"] == 0 and cov["fp8_weights"] == cov["quant_aux"] > 0
 
 
+@pytest.mark.parametrize("scenario, reported", [("main-qwen3-30b-a3b", "0.19.1rc2.dev1637+g182b75ea84"),
+                                                 ("main-untagged-qwen3-30b-a3b", "0.0.0")])
+def test_fp8_on_a_main_build_gets_the_main_answer_not_its_old_version_number(tmp_path, models, monkeypatch,
+                                                                              scenario, reported):
+    """Replay box (recorded facts of a source install of main): the version says 0.19.1rc2.dev or
+    0.0.0, the installed source holds FP8_METHOD, so fp8 is accepted, not refused."""
+    monkeypatch.setenv("REPLAY_SCENARIO", scenario)
+    record = run_triage(models["fp8"], tmp_path, backend="replay", REPLAY_SCENARIO=scenario)
+    fp8 = [w for w in record["warnings"] if w.startswith("fp8 checkpoint")]
+    assert len(fp8) == 1 and "accepts fp8" in fp8[0] and "FP8_METHOD" in fp8[0]
+    assert not any("not supported in npu" in w for w in record["warnings"])
+    assert any(w.startswith(f"vllm-ascend {reported} (unknown build") for w in record["warnings"])
+
+
 def test_fp8_weight_without_scale_is_an_error(tmp_path, models):
     record = run_triage(models["fp8-unpaired"], tmp_path)
     assert record["coverage"]["fp8_unpaired"] == ["model.layers.1.mlp.up_proj.weight"]

@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, base_env, run_cli
 from tests.fixtures.fake_delivery import VLLM_FILES, copy_evidence, make_vllm_root, write_changes
@@ -72,12 +73,19 @@ def rendered(tmp_path_factory) -> dict[str, str]:
         "branch": "bringup", "mode": "backport", "files": ["vllm_ascend/patch_model.py"],
         "vllm_patch": str(model_dir / "deliverables/vllm-changes.patch"), "vllm_files": ["vllm/x.py"],
         "left_out": ["vllm-ascend: scratch.py"], "at": "2026-11-22T00:00:00+00:00"}))
+    # lm-eval reports full floats: the documents show at most four decimals
+    accuracy = model_dir / "20261121T213500Z-accuracy/accuracy.json"
+    data = json.loads(accuracy.read_text())
+    data["tasks"][0]["metrics"]["exact_match,strict-match"] = 0.2845617210245711
+    accuracy.write_text(json.dumps(data))
     result = run_cli(["report"], base_env(runs, MODEL="tiny-qwen2"), timeout=60)
     assert result.returncode == 0, result.stderr
     for name in RENDERED:
         docs[f"rendered/{name}"] = (model_dir / "deliverables" / name).read_text(encoding="utf-8")
     assert "需要 vLLM 改动" in docs["rendered/report.zh.md"] and "`reduced-layers`" in docs["rendered/report.zh.md"]
     assert "0123456789abcdef" in docs["rendered/issue-comment.zh.md"]
+    assert "0.2846" in docs["rendered/report.zh.md"] and "0.2846" in docs["rendered/issue-comment.zh.md"]
+    assert "| 新增 |" in docs["rendered/report.zh.md"] and "| added |" not in docs["rendered/report.zh.md"]
     return docs
 
 
@@ -91,6 +99,17 @@ def test_rendered_chinese_documents_have_no_english_sentence(rendered):
     found = {name: english_sentences(text) for name, text in rendered.items()}
     found = {name: hits for name, hits in found.items() if hits}
     assert not found, f"English sentences in Chinese documents: {found}"
+
+
+# What a Chinese reader must never see outside code spans: Python values, the matrix's English
+# verdict words, unformatted floats (five decimals or more), and an ASCII colon right after a Chinese label.
+NOT_CHINESE = re.compile(r"\b(?:None|True|False|SKIPPED|nan)\b|\d+\.\d{5,}|[\u4e00-\u9fff]:(?!//)")
+
+
+def test_rendered_chinese_documents_hold_no_python_values_raw_floats_or_ascii_colons(rendered):
+    found = {name: NOT_CHINESE.findall(prose(text)) for name, text in rendered.items()}
+    found = {name: hits for name, hits in found.items() if hits}
+    assert not found, f"not written for a Chinese reader: {found}"
 
 
 def test_runbooks_and_readme_have_no_english_sentence():
@@ -107,9 +126,37 @@ def test_the_glossary_lists_terms_with_their_variants():
     assert len(terms) == len(set(terms))
 
 
+def yaml_chinese() -> dict[str, str]:
+    """The Chinese the rules carry (hint_zh, why_zh, zh, ... in helpers/**/*.yaml): it reaches the
+    console, the report and runbooks/signatures.zh.md, so it follows the glossary too."""
+    found: dict[str, list[str]] = {}
+
+    def walk(node, where: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if isinstance(value, str) and (key == "zh" or str(key).endswith("_zh")):
+                    found.setdefault(where, []).append(value)
+                else:
+                    walk(value, where)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, where)
+
+    for path in sorted((REPO / "helpers").rglob("*.yaml")):
+        walk(yaml.safe_load(path.read_text(encoding="utf-8")), str(path.relative_to(REPO)))
+    return {where: "\n".join(values) for where, values in found.items()}
+
+
+def test_the_glossary_check_reads_the_chinese_of_the_rules():
+    texts = yaml_chinese()
+    assert "helpers/signatures.yaml" in texts and "helpers/profiles/ascend.yaml" in texts
+    assert "回退阶梯" in texts["helpers/profiles/ascend.yaml"]
+
+
 def test_every_document_uses_the_glossary_terms_and_none_of_their_variants(rendered):
     texts = {str(p.relative_to(REPO)): prose(p.read_text(encoding="utf-8")) for p in source_documents()}
     texts.update({name: prose(text) for name, text in rendered.items()})
+    texts.update({name: prose(text) for name, text in yaml_chinese().items()})
     wrong = [f"{name}: {variant} (use {term})" for term, variants in glossary() for variant in variants
              for name, text in texts.items() if variant in text]
     assert not wrong, "glossary variants used:\n  " + "\n  ".join(wrong)
