@@ -45,6 +45,12 @@ triage: setup ## Triage MODEL: config, weight coverage, vLLM registry, features,
 changes: setup ## The model's code changes in VLLM_SRC / VLLM_ASCEND_SRC: classified, py_compile, registry -> changes.json
 	@scripts/changes.sh
 
+scaffold: setup ## New architecture: write the adapter reusing FROM (default: triage's nearest) into ADAPTER_ROOT
+	@scripts/scaffold.sh
+
+keymap: setup ## Prove the weight mapping: the adapter's load_weights over safetensors headers, no server -> keymap.json
+	@scripts/keymap.sh
+
 status: setup ## Where am I: MODEL's checklist from its evidence (verdict, age, stale), sign-off, next command
 	@scripts/status.sh
 
@@ -117,3 +123,4 @@ bench: setup ## Benchmarks (triage of a 100 GB-class sharded checkpoint reads he
 
 .PHONY: help setup demo test hygiene triage stage-a stage-b ep flashcomm1 mtp all-features matrix eager dynamo-fallback text-only ladder diagnose capacity accuracy report deliver tiny-model runbooks bench
 .PHONY: context changes status
+.PHONY: scaffold keymap
