@@ -92,14 +92,19 @@ def plan(root: Path | None, root_name: str, arch: str, model_type: str | None, b
 
 
 def _register_ascend(result: Plan, top: Path, arch: str, target: str) -> None:
-    """One register_model() call more, as the last statement of `def register_model():`."""
     path = top / ASCEND_INIT
-    line = f'    ModelRegistry.register_model(\n        "{arch}",\n        "{target}")\n'
     if not path.is_file():
         result.created.append(ASCEND_INIT)
-        result.files[ASCEND_INIT] = NEW_ASCEND_INIT + line
-        return
-    text = path.read_text(encoding="utf-8")
+    result.files[ASCEND_INIT] = with_registration(path.read_text(encoding="utf-8") if path.is_file() else None,
+                                                  arch, target)
+
+
+def with_registration(text: str | None, arch: str, target: str) -> str:
+    """vllm_ascend/models/__init__.py with one register_model() call more, as the last statement
+    of `def register_model():` (the file as vllm-ascend starts it when there is none)."""
+    line = f'    ModelRegistry.register_model(\n        "{arch}",\n        "{target}")\n'
+    if text is None:
+        return NEW_ASCEND_INIT + line
     if f'"{arch}"' in text:
         raise UsageError(f"{ASCEND_INIT} already registers {arch}", "edit that registration by hand")
     try:
@@ -114,7 +119,7 @@ def _register_ascend(result: Plan, top: Path, arch: str, target: str) -> None:
     end = function.end_lineno
     if not lines[end - 1].endswith("\n"):
         lines[end - 1] += "\n"
-    result.files[ASCEND_INIT] = "".join(lines[:end]) + line + "".join(lines[end:])
+    return "".join(lines[:end]) + line + "".join(lines[end:])
 
 
 def _register_vllm(result: Plan, top: Path, arch: str, module: str) -> None:
