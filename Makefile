@@ -118,7 +118,7 @@ tiny-model: setup ## Generate a tiny checkpoint (TINY_DIR, TINY_KIND=dense|moe|v
 runbooks: setup ## Regenerate runbooks/signatures.zh.md from the signature catalog
 	@scripts/runbooks.sh
 
-bench: setup ## Benchmarks (triage of a 100 GB-class sharded checkpoint reads headers only)
+bench: setup ## Benchmarks (triage and keymap of a 100 GB-class sharded checkpoint read headers only; keymap vs Stage B)
 	@scripts/bench.sh
 
 .PHONY: help setup demo test hygiene triage stage-a stage-b ep flashcomm1 mtp all-features matrix eager dynamo-fallback text-only ladder diagnose capacity accuracy report deliver tiny-model runbooks bench
