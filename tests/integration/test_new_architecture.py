@@ -91,3 +91,22 @@ def test_a_new_architecture_from_triage_to_the_one_commit(runs_dir, tmp_path):
             "docs/source/tutorials/models/tiny-new.md"} <= files
     assert git(root, "status", "--porcelain") == ""
     assert list(recorded_servers(runs_dir)) == []
+
+
+@pytest.mark.parametrize("qk_norm, arch", [(False, "Qwen2ForCausalLM"), (True, "Qwen3ForCausalLM")])
+def test_the_candidate_weight_lists_are_what_vllm_loads(tmp_path, qk_norm, arch):
+    """architectures.yaml's names for a candidate are exactly what vLLM's own class loads cleanly
+    (its load_weights over the header-only tensors of a checkpoint in that layout)."""
+    from helpers import tinymodel
+    from helpers.adapt import keymap, nearest
+
+    directory = tinymodel.generate(tmp_path / arch, spec=tinymodel.TinySpec(qk_norm=qk_norm))
+    config = json.loads((directory / "config.json").read_text())
+    result = keymap.check(directory, config)
+    assert result.verdict == "clean" and result.model_class.endswith(f".{arch}"), keymap.summary(result)
+    candidate = next(c for c in nearest.load_candidates() if c.arch == arch)
+    from safetensors import safe_open
+
+    with safe_open(str(directory / "model.safetensors"), "pt") as handle:
+        names = {nearest.fold(name) for name in handle.keys()}
+    assert names == set(candidate.weights)
