@@ -67,3 +67,13 @@ def test_a_registered_architecture_needs_no_adaptation(tmp_path):
     config, facts, tensors, inventory = _read(directory)
     block = assess.assess(directory, config, facts, tensors, [], registered=True)
     assert not block["needed"] and not block["nearest"] and assess.commands("x", block) == []
+
+
+def test_relative_imports_of_a_vllm_model_become_absolute_when_it_moves_to_vllm_ascend():
+    from helpers.adapt.relocate import absolute_imports
+
+    text = ("from .qwen2 import Qwen2ForCausalLM\nfrom . import utils\nfrom ..layers.linear import (\n"
+            "    QKVParallelLinear)\nfrom vllm.config import VllmConfig\n")
+    assert absolute_imports(text) == (
+        "from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM\nfrom vllm.model_executor.models import utils\n"
+        "from vllm.model_executor.layers.linear import (\n    QKVParallelLinear)\nfrom vllm.config import VllmConfig\n")
