@@ -46,6 +46,7 @@ class Keymap:
     fp8_unpaired: list[str] = field(default_factory=list)
     tp: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    timings: dict[str, Any] = field(default_factory=dict)  # the probe's: vLLM import, headers, built, done
 
     @property
     def failing(self) -> bool:
@@ -114,6 +115,7 @@ def check(directory: Path, config: dict[str, Any], tp: int = 1, timeout: float =
     if answer.get("built"):
         result = Keymap("clean", "load_weights on meta tensors", model_class=answer["class"], source=answer["source"],
                         tensors=answer["tensors"])
+        result.timings = {k: answer.get(k) for k in ("vllm_import_s", "headers_s", "built_s", "elapsed_s")}
         classify(answer, result)
     else:
         result = Keymap("fallback-clean", "header coverage (transformers, meta device)", why_fallback=answer["why"],

@@ -74,6 +74,11 @@ def main() -> int:
         named = [f["key"] for f in result.unmapped]
         print(f"1. keymap on {total / 1e9:.0f} GB of headers (4 shards, {result.tensors} tensors): "
               f"{result.elapsed_s:.2f} s, {result.verdict}, names {named} ({result.model_class})")
+        t = result.timings
+        if t.get("elapsed_s") is not None:
+            print(f"   in the probe: importing vLLM {t['vllm_import_s']:.1f} s, headers {t['headers_s']:.2f} s, "
+                  f"vLLM config + model on meta {t['built_s'] - t['headers_s']:.1f} s, load_weights "
+                  f"{t['elapsed_s'] - t['built_s']:.2f} s; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         tiny = tiny_with_fault(Path(tmp) / "tiny-fault")
         stage_s, record = stage_b(tiny, Path(tmp) / "runs")
         cause = (record.get("root_cause") or {}).get("text") or record.get("reason")
