@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -70,10 +71,13 @@ def main() -> int:
         large = Path(tmp) / "Qwen2.5-72B-shaped"
         total = fabricate(large)
         config = json.loads((large / "config.json").read_text())
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         result = keymap.check(large, config)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         named = [f["key"] for f in result.unmapped]
         print(f"1. keymap on {total / 1e9:.0f} GB of headers (4 shards, {result.tensors} tensors): "
-              f"{result.elapsed_s:.2f} s, {result.verdict}, names {named} ({result.model_class})")
+              f"{result.elapsed_s:.2f} s wall, {cpu_s:.2f} s CPU, {result.verdict}, names {named} ({result.model_class})")
         t = result.timings
         if t.get("elapsed_s") is not None:
             print(f"   in the probe: importing vLLM {t['vllm_import_s']:.1f} s, headers {t['headers_s']:.2f} s, "
@@ -87,7 +91,8 @@ def main() -> int:
         print(f"side by side: keymap {result.elapsed_s:.1f} s (100 GB-class headers) vs Stage B {stage_s:.1f} s "
               f"(tiny, a lower bound): Stage B takes {stage_s / result.elapsed_s:.1f}x as long")
         ok = result.elapsed_s < TARGET_S and named == [BAD] and record["verdict"] == "FAIL"
-        print(f"target: keymap under {TARGET_S:.0f} s naming {BAD}: {'PASS' if ok else 'FAIL'}")
+        print(f"target: keymap under {TARGET_S:.0f} s wall naming {BAD}: {'PASS' if ok else 'FAIL'}"
+              + ("" if ok else f" (its CPU time {cpu_s:.1f} s: a busy box stretches the wall time)"))
         return 0 if ok else 1
 
 
