@@ -62,12 +62,22 @@ def keymap_cmd(timeout: float) -> None:
 
     settings = settings_module.load()
     resolved = model_module.resolve(settings)
-    result = keymap.check(resolved.checkpoint, resolved.config, tp=settings.tp or 1, timeout=timeout)
+    result = keymap.check(resolved.checkpoint, resolved.config, tp=settings.tp or _planned_tp(resolved), timeout=timeout)
     path = keymap.write(result, settings.runs_dir, resolved.name)
     for line in keymap.summary(result):
         click.echo(line)
     click.echo(f"keymap.json: {path}")
     sys.exit(1 if result.failing else 0)
+
+
+def _planned_tp(resolved: model_module.Model) -> int:
+    """TP unset: the plan triage made for this box (triage.json), else 1."""
+    from helpers import evidence as ev
+
+    try:
+        return int((ev.read_json(resolved.runs_dir / "triage.json").get("parallel") or {}).get("tp") or 1)
+    except (OSError, ValueError, AttributeError):
+        return 1
 
 
 COMMANDS = (scaffold_cmd, keymap_cmd)

@@ -20,12 +20,12 @@ from typing import Any
 from helpers import gitrepo, templating
 from helpers.adapt import assess, nearest
 from helpers.checkpoint import ConfigFacts, TensorInfo
-from helpers.errors import UsageError
+from helpers.errors import EnvironmentProblem, UsageError
 
 ASCEND_INIT = "vllm_ascend/models/__init__.py"
 VLLM_MODELS = "vllm/model_executor/models"
 VLLM_REGISTRY = f"{VLLM_MODELS}/registry.py"
-REGISTRY_TABLE = re.compile(r"^_TEXT_GENERATION_MODELS\s*=\s*\{\s*$", re.M)
+REGISTRY_TABLE = re.compile(r"^_TEXT_GENERATION_MODELS[ \t]*=[ \t]*\{[ \t]*$", re.M)
 NEW_ASCEND_INIT = "from vllm import ModelRegistry\n\n\ndef register_model():\n"
 
 
@@ -45,8 +45,11 @@ def choose_base(requested: str, config: dict[str, Any], facts: ConfigFacts,
                 tensors: dict[str, TensorInfo]) -> tuple[str, list[list[str]], dict[str, tuple[str, str]]]:
     """(base architecture, its rename, vLLM's sources): FROM when given, else triage's nearest."""
     sources = nearest.vllm_sources()
+    if not sources:
+        raise EnvironmentProblem("vLLM is not installed in this Python: scaffold reads its registry.py",
+                                 "run it where vLLM is installed (the serving environment)")
     candidates = {c.arch: c for c in nearest.load_candidates()}
-    if requested and sources and requested not in sources:
+    if requested and requested not in sources:
         raise UsageError(f"FROM={requested} is not an architecture the installed vLLM registers",
                          "use one of triage's nearest architectures (make triage), e.g. FROM=Qwen2ForCausalLM")
     print_ = nearest.fingerprint(config, facts, tensors)
@@ -67,7 +70,7 @@ def plan(root: Path | None, root_name: str, arch: str, model_type: str | None, b
     if top is None:
         variable = "VLLM_ASCEND_SRC" if root_name == "vllm-ascend" else "VLLM_SRC"
         raise UsageError(f"the {root_name} root {root} is not a git work tree", f"set {variable} to its checkout")
-    base_file, base_class = sources.get(base, (f"{VLLM_MODELS}/?.py", base))
+    base_file, base_class = sources[base]
     module = assess.module_name(model_type, arch)
     base_module = Path(base_file).stem
     result = Plan(top, root_name, arch, base, renames)
