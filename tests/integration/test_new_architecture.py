@@ -7,8 +7,9 @@ way vllm-ascend registers its models, as a `vllm.general_plugins` entry point, b
 root on PYTHONPATH: no venv is changed, and deleting the temporary directory uninstalls it.
 Then: triage names the nearest architecture, the rename and the missing symbol; scaffold writes
 the adapter into the stand-in root; keymap is clean, and names the keys when a rename is taken
-out; Stage A and Stage B PASS on the server running that adapter; changes, accuracy, report and
-deliver make one commit holding the adapter, its registration, the YAML and the tutorial."""
+out (Stage B then refuses to start, naming them); Stage A and Stage B PASS on the server running
+that adapter; changes, accuracy, report and deliver make one commit holding the adapter, its
+registration, the YAML and the tutorial."""
 
 from __future__ import annotations
 
@@ -66,6 +67,9 @@ def test_a_new_architecture_from_triage_to_the_one_commit(runs_dir, tmp_path):
         out = check(run_make("keymap", env), "keymap: faults", "transformer.layers.0.feed_forward.down_proj.weight",
                     "model.layers.0.mlp.gate_up_proj.weight", code=2)
         assert "starting cpu server" not in out and list(recorded_servers(runs_dir)) == []
+        out = check(run_make("stage-b", serve_env), "Stage B refused: the adapter's load_weights cannot load",
+                    "transformer.layers.0.feed_forward", "KEYMAP_CHECK=off", code=2)
+        assert "starting cpu server" not in out and not list(runs_dir.glob("tiny-new/*-stage-b"))
     finally:
         adapter.write_text(scaffolded)
 
