@@ -38,7 +38,6 @@ class Plan:
     renames: list[list[str]]
     files: dict[str, str] = field(default_factory=dict)   # path relative to the root -> new text
     created: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
 
 
 def choose_base(requested: str, config: dict[str, Any], facts: ConfigFacts,
