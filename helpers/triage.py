@@ -286,8 +286,9 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
         warnings.append(f"{', '.join(facts.architectures)} is not registered in vLLM {registry.vllm_version}: "
                         "expect `Model architectures [...] are not supported for now`")
     trust = needs_trust_remote_code(config, inventory, registry, transformers_knows)
+    # `make triage` only: a stage's in-process triage neither asks the registry nor reads remote code
     adaptation = adapt_assess.assess(directory, config, facts, scan.tensors, inventory.custom_code,
-                                     registry.registered)
+                                     registry.registered) if registry_wanted else {}
 
     rules = feature_rules.load_rules()
     rule_facts = feature_facts(profile, facts, mtp, has_weights, plan.tp)
