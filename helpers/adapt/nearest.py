@@ -147,6 +147,9 @@ def infer_rename(names: list[str], targets: list[str]) -> dict[str, str]:
     # a rename onto a component the checkpoint already uses would merge two tensors: not a rename
     components = {part for name in names for part in name.split(".")}
     rename = {a: b for a, b in rename.items() if b not in components or b in rename}
+    # nor is one that sends two components to the same name
+    targets_hit = [b for b in rename.values()]
+    rename = {a: b for a, b in rename.items() if targets_hit.count(b) == 1}
     # keep only renames that make some name match
     useful = {a: b for a, b in rename.items()
               if any(a in n.split(".") and apply_rename(n, rename) in target_set for n in names)}

@@ -1,6 +1,6 @@
 """A tiny architecture vLLM does not know, generated locally (no downloads), for the adaptation
 path end to end: its own model_type and architecture name, weight names renamed from a layout
-vLLM knows (Qwen2 or Qwen3), and remote code whose modeling file imports a transformers symbol
+vLLM knows (Qwen2, Qwen3 or Qwen3-MoE), and remote code whose modeling file imports a transformers symbol
 the installed transformers lacks (HybridCache left transformers in 5.0), as such checkpoints do.
 The configuration file itself imports only what exists, so `--trust-remote-code` can read it.
 """
@@ -48,18 +48,18 @@ def renamed(name: str, renames: dict[str, str]) -> str:
 
 
 def generate(directory: Path, *, arch: str = "TinyNewForCausalLM", model_type: str = "tinynew",
-             qk_norm: bool = False, renames: dict[str, str] | None = None) -> Path:
+             qk_norm: bool = False, renames: dict[str, str] | None = None, kind: str = "dense") -> Path:
     """Write the checkpoint into `directory` (replaced if it exists)."""
     from safetensors.torch import load_file, save_file
 
     renames = RENAMES if renames is None else renames
-    directory = tinymodel.generate(directory, spec=tinymodel.TinySpec(qk_norm=qk_norm))
+    directory = tinymodel.generate(directory, spec=tinymodel.TinySpec(kind=kind, qk_norm=qk_norm))
     weights = directory / "model.safetensors"
     tensors = load_file(str(weights))
     save_file({renamed(n, renames): t for n, t in tensors.items()}, str(weights), metadata={"format": "pt"})
     config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     prefix = arch.removesuffix("ForCausalLM")
-    base_config = "Qwen3Config" if qk_norm else "Qwen2Config"
+    base_config = "Qwen3MoeConfig" if kind == "moe" else "Qwen3Config" if qk_norm else "Qwen2Config"
     config.update({"architectures": [arch], "model_type": model_type, "transformers_version": "4.46.0",
                    "auto_map": {"AutoConfig": f"configuration_{model_type}.{prefix}Config",
                                 "AutoModelForCausalLM": f"modeling_{model_type}.{arch}"}})

@@ -21,13 +21,15 @@ def _read(directory: Path):
     return config, ckpt.config_facts(config), scan.tensors, inventory
 
 
-@pytest.mark.parametrize("qk_norm, renames, expected", [
-    (True, {"model": "backbone", "self_attn": "attn"}, "Qwen3ForCausalLM"),
-    (False, {"model": "decoder", "mlp": "ffn", "embed_tokens": "wte"}, "Qwen2ForCausalLM"),
+@pytest.mark.parametrize("kind, qk_norm, renames, expected", [
+    ("dense", True, {"model": "backbone", "self_attn": "attn"}, "Qwen3ForCausalLM"),
+    ("dense", False, {"model": "decoder", "mlp": "ffn", "embed_tokens": "wte"}, "Qwen2ForCausalLM"),
+    ("moe", False, {"model": "net", "self_attn": "attn", "mlp": "moe"}, "Qwen3MoeForCausalLM"),
 ])
-def test_a_known_layout_under_a_new_name_finds_its_architecture_and_the_rename(tmp_path, qk_norm, renames, expected):
+def test_a_known_layout_under_a_new_name_finds_its_architecture_and_the_rename(tmp_path, kind, qk_norm, renames,
+                                                                               expected):
     directory = newarch.generate(tmp_path / "ckpt", arch="ZetaForCausalLM", model_type="zeta", qk_norm=qk_norm,
-                                 renames=renames)
+                                 renames=renames, kind=kind)
     config, facts, tensors, inventory = _read(directory)
     block = assess.assess(directory, config, facts, tensors, inventory.custom_code, registered=False)
     first = block["nearest"][0]
