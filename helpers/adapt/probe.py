@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 MARKER = "@@KEYMAP@@"
+NOT_REGISTERED = "are not supported for now"  # vLLM's error for an architecture no one registered
 LAYER = re.compile(r"^.*?\.layers\.\d+\.")
 DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "F8_E4M3": "float8_e4m3fn",
           "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
@@ -41,8 +42,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def build(directory: Path, trust_remote_code: bool) -> tuple[Any, dict[str, Any]]:
-    """(model on the meta device, where its class came from)."""
+def build(directory: Path, trust_remote_code: bool, as_arch: str = "") -> tuple[Any, dict[str, Any]]:
+    """(model on the meta device, where its class came from); `as_arch` builds that registered
+    class instead of the checkpoint's own architecture (no adapter registered yet)."""
     import torch
     from vllm import ModelRegistry
     from vllm.config import LoadConfig, ModelConfig, VllmConfig, set_current_vllm_config
@@ -51,7 +53,7 @@ def build(directory: Path, trust_remote_code: bool) -> tuple[Any, dict[str, Any]
 
     load_general_plugins()  # what the server does first: vllm-ascend's register_model() runs here
     model_config = ModelConfig(model=str(directory), trust_remote_code=trust_remote_code, skip_tokenizer_init=True,
-                               enforce_eager=True)
+                               enforce_eager=True, hf_overrides={"architectures": [as_arch]} if as_arch else {})
     vllm_config = VllmConfig(model_config=model_config, load_config=LoadConfig(load_format="dummy"))
     with set_current_vllm_config(vllm_config):
         init_distributed_environment(world_size=1, rank=0, local_rank=0, backend="gloo",
@@ -112,7 +114,7 @@ def feed(model: Any, tensors: dict[str, tuple[str, list[int]]]) -> dict[str, Any
             "faults": faults, "one_call": one_call}
 
 
-def run(directory: Path, trust_remote_code: bool) -> dict[str, Any]:
+def run(directory: Path, trust_remote_code: bool, as_arch: str = "") -> dict[str, Any]:
     started = time.monotonic()
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from helpers import checkpoint as ckpt
@@ -123,9 +125,12 @@ def run(directory: Path, trust_remote_code: bool) -> dict[str, Any]:
     tensors = {name: (info.dtype, info.shape) for name, info in scan.tensors.items()}
     headers_s = round(time.monotonic() - started, 3)
     try:
-        model, where = build(directory, trust_remote_code)
+        model, where = build(directory, trust_remote_code, as_arch)
     except Exception as exc:
-        return {"built": False, "why": _first_line(exc), "headers_s": headers_s, "tensors": len(tensors)}
+        # pydantic wraps vLLM's own message ("2 validation errors for ModelConfig"): name the line that says why
+        said = next((line.strip() for line in str(exc).splitlines() if NOT_REGISTERED in line), "")
+        return {"built": False, "why": said or _first_line(exc), "unregistered": bool(said), "headers_s": headers_s,
+                "tensors": len(tensors)}
     built_s = round(time.monotonic() - started, 3)
     result = feed(model, tensors)
     return {"built": True, **where, **result, "tensors": len(tensors), "headers_s": headers_s, "built_s": built_s,
@@ -141,7 +146,8 @@ def main() -> None:
     IMPORTED_S = round(time.monotonic() - started, 3)
     directory = Path(sys.argv[1])
     trust = "--trust-remote-code" in sys.argv[2:]
-    print(MARKER + json.dumps(run(directory, trust)), flush=True)
+    as_arch = next((a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("--as=")), "")
+    print(MARKER + json.dumps(run(directory, trust, as_arch)), flush=True)
 
 
 if __name__ == "__main__":

@@ -57,6 +57,11 @@ def test_a_new_architecture_from_triage_to_the_one_commit(runs_dir, tmp_path):
     next_commands = out.split("下一步 next:")[1].split()
     assert next_commands[:2] == ["make", "scaffold"] and "FROM=Qwen2ForCausalLM" in next_commands
 
+    # before any adapter: the nearest registered class's own load_weights names what it would not take
+    check(run_make("keymap", env), "keymap: faults", "nearest registered class Qwen2ForCausalLM",
+          "transformer.layers.0.attention.q_proj.weight: ValueError: There is no module or parameter named "
+          "'transformer'", code=2)
+
     check(run_make("scaffold", env), f"created {root / ADAPTER}", f"changed {root / REGISTRATION}")
 
     check(run_make("keymap", env), "keymap: clean", "vllm_ascend.models.tinynew.TinyNewForCausalLM")
