@@ -48,6 +48,12 @@ triage: setup ## Triage MODEL: config, weight coverage, vLLM registry, features,
 changes: setup ## The model's code changes in VLLM_SRC / VLLM_ASCEND_SRC: classified, py_compile, registry -> changes.json
 	@scripts/changes.sh
 
+scaffold: setup ## New architecture: write the adapter reusing FROM (default: triage's nearest) into ADAPTER_ROOT
+	@scripts/scaffold.sh
+
+keymap: setup ## Prove the weight mapping: the adapter's load_weights over safetensors headers, no server -> keymap.json
+	@scripts/keymap.sh
+
 status: setup ## Where am I: MODEL's checklist from its evidence (verdict, age, stale), sign-off, next command
 	@scripts/status.sh
 
@@ -115,8 +121,9 @@ tiny-model: setup ## Generate a tiny checkpoint (TINY_DIR, TINY_KIND=dense|moe|v
 runbooks: setup ## Regenerate runbooks/signatures.zh.md from the signature catalog
 	@scripts/runbooks.sh
 
-bench: setup ## Benchmarks (triage of a 100 GB-class sharded checkpoint reads headers only)
+bench: setup ## Benchmarks (triage and keymap of a 100 GB-class sharded checkpoint read headers only; keymap vs Stage B)
 	@scripts/bench.sh
 
 .PHONY: help setup demo test hygiene triage stage-a stage-b ep flashcomm1 mtp all-features matrix eager dynamo-fallback text-only ladder diagnose capacity accuracy report deliver tiny-model runbooks bench
 .PHONY: context changes status
+.PHONY: scaffold keymap

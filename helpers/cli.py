@@ -417,6 +417,16 @@ def status_cmd(as_json: bool) -> None:
     _show(settings, as_json, record, status.render_table(record) + "\n" + render_text(starts))
 
 
+def _add_adaptation_commands() -> None:
+    from helpers.adapt.commands import COMMANDS  # a new architecture: scaffold, keymap
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_add_adaptation_commands()
+
+
 def restore_box_pythonpath() -> None:
     """scripts/lib.sh puts this repo first on PYTHONPATH so `python -m helpers` imports; every
     process we start (servers, lm-eval, probes) gets the box's own PYTHONPATH back, unchanged."""

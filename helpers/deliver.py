@@ -167,13 +167,17 @@ def commit(delivery: Delivery, files: dict[str, Path], signed_off: bool, missing
     record = {"model": model, "commit": head, "title": title, "repo": str(repo),
               "branch": gitrepo.git(repo, "rev-parse", "--abbrev-ref", "HEAD", check=False).strip() or None,
               "mode": delivery.code.mode, "files": staged, "vllm_patch": str(patch) if patch else None,
-              "vllm_files": delivery.code.vllm, "left_out": delivery.code.left_out, "at": ev.utc_iso()}
+              "vllm_files": delivery.code.vllm, "left_out": delivery.code.left_out, "at": ev.utc_iso(),
+              "moved_from_vllm": delivery.code.relocation.moved, "vllm_kept": delivery.code.relocation.kept}
     ev.atomic_write_json(delivery.model.runs_dir / DELIVER_RECORD, record)
     lines = [f"deliver: committed {head} in {repo} ({delivery.docs.kind} docs, code {delivery.code.mode}): {title}"]
     shown = gitrepo.git(repo, "show", "--name-status", "--format=", "HEAD").strip().splitlines()
     lines += [f"  {line}" for line in shown]
+    lines += [f"  moved from the vLLM root: {source} -> {target}"
+              for source, target in delivery.code.relocation.moved.items()]
     if patch:
         lines.append(f"  needs a vLLM change ({len(delivery.code.vllm)} files): {patch}")
+        lines += [f"    {path}: {why}" for path, why in delivery.code.relocation.kept.items()]
     lines += [f"  left out (outside the minimal set): {item}" for item in delivery.code.left_out]
     return lines
 

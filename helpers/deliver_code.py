@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from helpers import changeset, gitrepo
+from helpers.adapt import relocate
+from helpers.adapt.relocate import Relocation
 from helpers import evidence as ev
 from helpers.errors import EnvironmentProblem, UsageError
 
@@ -30,6 +32,8 @@ class CodePlan:
     vllm_patch: str = ""
     left_out: list[str] = field(default_factory=list)     # "<root>: <path>" outside the minimal set
     kinds: dict[str, str] = field(default_factory=dict)   # path -> kind, as `make changes` classified it
+    # a vLLM-root adapter moved into vllm-ascend's registration (helpers/adapt/relocate.py)
+    relocation: Relocation = field(default_factory=Relocation)
 
     def allowed_dirty(self) -> set[str]:
         """Paths of the delivery repo that may be changed before the commit (in place only)."""
@@ -58,7 +62,10 @@ def plan_code(model_dir: Path, repo: Path, base: str | None, roots: dict[str, Pa
     if plan.vllm:
         root = changes.roots.get(changeset.VLLM)
         tree = _root_tree(root, "vLLM", roots.get(changeset.VLLM))
-        plan.vllm_patch = gitrepo.patch_of(tree, root.diff_base if root else "HEAD", plan.vllm)
+        vllm_base = root.diff_base if root else "HEAD"
+        plan.relocation = relocate.plan(tree, vllm_base, plan.vllm, repo)
+        plan.vllm = [path for path in plan.vllm if path in plan.relocation.kept]
+        plan.vllm_patch = gitrepo.patch_of(tree, vllm_base, plan.vllm) if plan.vllm else ""
     if not plan.ascend:
         return plan
     root = changes.roots.get(changeset.ASCEND)
@@ -104,7 +111,11 @@ def export_vllm_patch(plan: CodePlan, target: Path) -> Path | None:
 
 
 def put_in(plan: CodePlan, repo: Path) -> list[str]:
-    """Stage the vllm-ascend changes in the delivery repo; returns the paths staged."""
+    """Stage the vllm-ascend changes (and the adapters moved from the vLLM root) in the delivery
+    repo; returns the paths staged."""
+    moved = relocate.write(plan.relocation, repo)
+    if moved:
+        gitrepo.git(repo, "add", "--", *moved)
     if plan.mode == "in-place":
         gitrepo.git(repo, "add", "-A", "--", *plan.ascend)
     elif plan.mode == "backport":
@@ -113,4 +124,4 @@ def put_in(plan: CodePlan, repo: Path) -> list[str]:
         if result.returncode != 0:
             raise EnvironmentProblem(f"git apply failed in {repo}: {result.stderr.strip()[:200]}",
                                      "nothing was committed; check the repo and rerun `make deliver`")
-    return list(plan.ascend)
+    return list(plan.ascend) + moved

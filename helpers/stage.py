@@ -326,6 +326,10 @@ class StageRun:
     # ------------------------------------------------------------------ the run
     def run(self) -> int:
         self.profile.check_installed()
+        if self.request.stage == "b":  # an adapter's weight mapping, proven before the start
+            from helpers.adapt.gate import before_stage_b
+
+            before_stage_b(self.settings, self.model, self.profile.name, self.out)
         require_free_port(self.settings.host, self.settings.port, self.settings.runs_dir)
         self.context = context_check.preflight(self.settings, self.model, self.profile, self.plan)
         self._open_run()

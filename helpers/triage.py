@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from helpers import ascend_build, ascend_facts, graphmode, hf_id, layers, parallel, profiles, sourcetree
+from helpers.adapt import assess as adapt_assess
 from helpers import checkpoint as ckpt
 from helpers import coverage as coverage_check
 from helpers import evidence as ev
@@ -93,6 +94,7 @@ class TriageRecord:
     exit_code: int
     elapsed_s: float
     context: dict[str, Any] = field(default_factory=dict)  # `make context` at the start of `make triage`
+    adaptation: dict[str, Any] = field(default_factory=dict)  # an unregistered architecture (helpers/adapt)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -165,7 +167,7 @@ def next_commands(name: str, record_bits: dict[str, Any]) -> list[dict[str, str]
     tp = record_bits["tp"]
     base = f"MODEL={shlex.quote(name)}" + (f" TP={tp}" if tp and tp > 1 else "")
     extra = " EXTRA_ARGS=--trust-remote-code" if record_bits["trust_remote_code"] else ""
-    commands = []
+    commands = adapt_assess.commands(name, record_bits.get("adaptation") or {})
     if record_bits["blocking"]:
         commands.append({"command": f"fix the checkpoint, then: make triage MODEL={shlex.quote(name)}",
                          "why": record_bits["blocking"]})
@@ -295,6 +297,9 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
         warnings.append(f"{', '.join(facts.architectures)} is not registered in vLLM {registry.vllm_version}: "
                         "expect `Model architectures [...] are not supported for now`")
     trust = needs_trust_remote_code(config, inventory, registry, transformers_knows)
+    # `make triage` only: a stage's in-process triage neither asks the registry nor reads remote code
+    adaptation = adapt_assess.assess(directory, config, facts, scan.tensors, inventory.custom_code,
+                                     registry.registered) if registry_wanted else {}
 
     rules = feature_rules.load_rules()
     rule_facts = feature_facts(profile, facts, mtp, has_weights, plan.tp)
@@ -340,9 +345,10 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
         next_commands=next_commands(model_arg, {"tp": plan.tp, "trust_remote_code": trust["needed"] and
                                            "--trust-remote-code" not in profile.flags,
                                            "blocking": blocking, "has_weights": has_weights,
-                                           "features": feature_list}),
+                                           "features": feature_list, "adaptation": adaptation}),
         exit_code=exit_code,
         elapsed_s=0.0,
+        adaptation=adaptation,
     )
     record.elapsed_s = round(time.monotonic() - started, 3)
     return record

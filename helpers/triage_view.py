@@ -87,7 +87,9 @@ def render_table(record: dict[str, Any], rules: feature_rules.RuleSet | None = N
         label = rules.label(feature["category"])
         row(f"特性 {feature['zh'] or feature['name']}", feature["id"],
             f"{label} / {feature['category']}: {feature['evidence']}")
-    lines = label_table(rows)
+    from helpers.adapt.assess import view_lines  # the adaptation block, when triage wrote one
+
+    lines = label_table(rows) + view_lines(record.get("adaptation"))
     for warning in record["warnings"]:
         lines.append(f"警告 warning: {warning}")
     for error in record["errors"]:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Benchmarks (not tests): each prints its timings; none starts a server.
+# Benchmarks (not tests): each prints its timings; bench_keymap starts one Stage B (CPU server)
+# to time the fault the key-mapping dry run finds, and stops it.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 

@@ -70,7 +70,8 @@ def test_one_signed_commit_with_the_backend_patch_yaml_tutorial_nav_and_a_vllm_p
     files = set(git(repo, "show", "--name-only", "--format=", "HEAD").stdout.split())
     nav = "mkdocs.yml" if kind == "mkdocs" else "docs/source/tutorials/models/index.md"
     expected = {f"tests/e2e/models/configs/{model}.yaml", f"docs/source/tutorials/models/{model}.md",
-                nav, "vllm_ascend/patch_model.py", "tests/e2e/models/configs/accuracy.txt"}
+                nav, "vllm_ascend/patch_model.py", "tests/e2e/models/configs/accuracy.txt",
+                "vllm_ascend/models/tiny_new.py", "vllm_ascend/models/__init__.py"}
     nightly = (repo / "tests/e2e/models/configs/accuracy.txt").read_text().splitlines()
     assert nightly == ["Qwen3-8B.yaml", f"{model}.yaml"]  # listed once, after the existing entries
     assert files == expected
@@ -79,13 +80,22 @@ def test_one_signed_commit_with_the_backend_patch_yaml_tutorial_nav_and_a_vllm_p
     assert git(repo, "status", "--porcelain").stdout == ""
     delivered = (repo / f"docs/source/tutorials/models/{model}.md").read_text()
     assert delivered == (runs / model / f"deliverables/docs/source/tutorials/models/{model}.md").read_text()
-    # the vLLM root's changes cannot go into vllm-ascend: one patch under deliverables/, the root untouched
+    # the adapter written in the vLLM root moves into vllm-ascend's registration, imports made absolute
+    moved = (repo / "vllm_ascend/models/tiny_new.py").read_text()
+    assert moved.startswith("from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM\n")
+    assert ('"TinyNewForCausalLM",\n        "vllm_ascend.models.tiny_new:TinyNewForCausalLM")'
+            in (repo / "vllm_ascend/models/__init__.py").read_text())
+    assert "moved from the vLLM root: vllm/model_executor/models/tiny_new.py -> vllm_ascend/models/tiny_new.py" \
+        in result.stdout
+    # what vllm-ascend cannot carry stays one patch under deliverables/, with its reason; the root untouched
     patch = runs / model / "deliverables/vllm-changes.patch"
     text = patch.read_text()
-    assert "b/vllm/model_executor/models/tiny_new.py" in text and "b/vllm/model_executor/models/registry.py" in text
+    assert "b/vllm/transformers_utils/processors/tiny_new.py" in text
+    assert "models/tiny_new.py" not in text and "registry.py" not in text
     assert git(vllm_root, "apply", "--check", "-R", str(patch)).returncode == 0  # exactly the root's diff
     assert git(vllm_root, "status", "--porcelain").stdout == vllm_status
-    assert "Needs a vLLM change" in body and "vllm/model_executor/models/tiny_new.py" in body
+    assert "vllm/transformers_utils/processors/tiny_new.py: a new vLLM file no registry entry" in result.stdout
+    assert "Needs a vLLM change" in body and "vllm/transformers_utils/processors/tiny_new.py" in body
     # the record of the commit, and the documents rendered again with its hash
     record = json.loads((runs / model / "deliverables/deliver.json").read_text())
     assert record["commit"] == ahead[0] and record["mode"] == "in-place"

@@ -32,6 +32,7 @@ RUNBOOKS = REPO / "runbooks"
 STEP_FILES = ["00-env-hygiene.md", "01-triage.md", "02-stage-a.md", "03-stage-b.md", "04-feature-gates.md",
               "05-fallback-ladder.md", "06-capacity.md", "07-accuracy.md", "08-delivery.md"]
 STEP_FILES += ["00-context.md", "01-code-changes.md"]  # issue 14: context and the model's code changes
+STEP_FILES += ["01-new-architecture.md"]  # issue 20: a new architecture (scaffold, keymap)
 STEP_SECTIONS = ["## 目的", "## make 命令", "## 等价的纯 shell", "## PASS 的样子", "## 常见失败"]
 SHELL_LANGS = {"bash", "sh", "shell"}
 # Make variables that are not in env.example on purpose (set by the Makefile itself).
