@@ -243,6 +243,9 @@ class BusyBox:
     def imported_from(self, module):
         return None
 
+    def builds(self, versions):
+        return {}
+
 
 def test_a_stage_run_does_not_start_when_its_npu_is_busy(tmp_path, tiny_dense, monkeypatch):
     from helpers.errors import EnvironmentProblem
