@@ -211,6 +211,10 @@ class CapacitySweep:
         run = CellRun(self.settings, self.model, request, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                       output_len=self.output_len, client=self.client, tokenizer=self._get_tokenizer(),
                       label=label, out=self.out)
+        if role == "sweep" and index == 1:  # the baseline: `make serve` may already serve exactly it
+            from helpers.starts.live import shared_for
+
+            run.shared = shared_for(self.settings, self.model, run.plan, "capacity", self.out)
         self.out(f"[capacity] {label} ({time.monotonic() - self.t0:.0f} s into the sweep)")
         code = run.run()
         cell = run.cell_record(role, self.signature)

@@ -475,3 +475,24 @@ def test_a_long_busy_silence_is_not_a_stall_but_a_sleeping_hang_is(bench):
     assert "no new log line and no CPU time for 2 s" in record["reason"]
     assert time.monotonic() - started < 60
     assert "SIGKILL" in record["stop"]  # a starting server ignores SIGTERM: killed, not left behind
+
+
+def test_capacity_baseline_is_served_by_make_serve_without_a_start_and_hygiene_stops_it(bench):
+    model = bench.checkpoint("qwen3-dense", "Qwen3-8B-serve")
+    env = bench.env("v0.11-qwen3-8b")
+    served = bench.passes("serve", env, model)
+    assert served["verdict"] == "PASS" and "left running" in served["stop"]
+    record = next(r for _, r in serve.recorded_servers(bench.runs) if r.run_dir == served["run_dir"])
+    assert record.is_alive_and_ours()
+    result = bench.make("capacity", env, model)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "served by our live server" in result.stdout and "no start" in result.stdout
+    assert started_runs(bench, model) == [Path(served["run_dir"])]  # no start added
+    cell = json.loads((bench.runs / model.name / "capacity.json").read_text())["cells"][0]
+    assert cell["verdict"] == "PASS" and cell["shared_server"]["run_dir"] == served["run_dir"]
+    assert cell["shared_server"]["compared"] == "argv, env, checkpoint, roots"
+    assert cell["log"] == str(Path(served["run_dir"]) / "serve.log") and cell["kv_cache_tokens"]
+    assert record.is_alive_and_ours()  # still serving after the step that shared it
+    result = bench.make("hygiene", env, model)
+    assert result.returncode == 0 and f"stopped our server pid {record.pid}" in result.stdout
+    assert not record.is_alive_and_ours()
