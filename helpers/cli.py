@@ -111,14 +111,20 @@ def stage_cmd(stage: str, step: str | None, features: str | None, result: Path |
 
 
 @cli.command("capacity")
-def capacity_cmd() -> None:
+@click.option("--cells-only", is_flag=True, hidden=True, help="a run of a parallel set: cell.json only")
+@RESULT
+def capacity_cmd(cells_only: bool, result: Path | None) -> None:
     """Sweep max-num-seqs at the tested max-model-len (SWEEP, MAX_MODEL_LEN, FORCE): one server
-    start and one concurrent load per cell; capacity.json + capacity.md under RUNS_DIR/<model>/."""
+    start and one concurrent load per cell (at once on disjoint NPU groups: PARALLEL);
+    capacity.json + capacity.md under RUNS_DIR/<model>/."""
     from helpers.capacity import CapacitySweep
+    from helpers.starts.runset import write_result
 
     settings = _settings()
     sweep = CapacitySweep(settings, _model(settings))
+    sweep.cells_only = cells_only
     code = sweep.run()
+    write_result(result, sweep.cells[-1] if sweep.cells else {})
     _write_junit(settings, [dict(c, step=f"capacity-{c['key']}") for c in sweep.cells
                             if c.get("verdict") != "NOT_RUN"])
     sys.exit(code)

@@ -81,7 +81,7 @@ def free_devices(settings: Settings, profile: profiles.Profile) -> tuple[list[in
     return free, f"{len(free)} of {len(indices)} NPUs free" + (f" (held: {busy})" if busy else "")
 
 
-def _ports_from(start: int, count: int, host: str, taken: set[int]) -> list[int]:
+def _ports_from(start: int, count: int, host: str, taken: frozenset[int]) -> list[int]:
     ports, candidate = [], start
     while len(ports) < count and candidate < 65536:
         if candidate not in taken and (candidate == start or port_is_free(host, candidate)):
@@ -101,8 +101,10 @@ def _hccl_ranges(count: int, plan: dict[str, Any]) -> list[int]:
     return found
 
 
-def plan_slots(settings: Settings, profile: profiles.Profile, world: int, wanted: int) -> SlotPlan:
-    """Up to `wanted` slots: PARALLEL caps them; on an NPU box, disjoint groups of `world` free NPUs."""
+def plan_slots(settings: Settings, profile: profiles.Profile, world: int, wanted: int,
+               taken: frozenset[int] = frozenset()) -> SlotPlan:
+    """Up to `wanted` slots: PARALLEL caps them; on an NPU box, disjoint groups of `world` free NPUs.
+    taken: ports not to use (PORT itself when a live server of ours holds it)."""
     limit = settings.parallel
     single = SlotPlan([Slot(0, settings.port)], "")
     if wanted <= 1 or limit == 1:
@@ -115,7 +117,7 @@ def plan_slots(settings: Settings, profile: profiles.Profile, world: int, wanted
         if count <= 1:
             single.why = f"one group of TP {world}: {seen}; one run at a time"
             return single
-        ports = _ports_from(settings.port, count, settings.host, set())
+        ports = _ports_from(settings.port, count, settings.host, taken)
         hccl = _hccl_ranges(count, load_plan())
         count = min(count, len(ports), len(hccl))
         slots = [Slot(i, ports[i], groups[i], hccl[i]) for i in range(count)]
@@ -124,5 +126,5 @@ def plan_slots(settings: Settings, profile: profiles.Profile, world: int, wanted
     if count <= 1:
         single.why = f"backend {profile.name}: one run at a time (PARALLEL sets more)"
         return single
-    ports = _ports_from(settings.port, count, settings.host, set())
+    ports = _ports_from(settings.port, count, settings.host, taken)
     return SlotPlan([Slot(i, port) for i, port in enumerate(ports)], f"PARALLEL={limit}: {count} servers at once")

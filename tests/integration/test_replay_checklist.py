@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -496,3 +499,63 @@ def test_capacity_baseline_is_served_by_make_serve_without_a_start_and_hygiene_s
     result = bench.make("hygiene", env, model)
     assert result.returncode == 0 and f"stopped our server pid {record.pid}" in result.stdout
     assert not record.is_alive_and_ours()
+
+
+# --- runs at once on disjoint NPU groups (an 8-NPU A2 machine, TP 4: two groups) -----------------
+
+def _slot_of(record: dict) -> tuple[int, str, str]:
+    argv, env = record["command"]["argv"], record["command"]["env"]
+    return int(argv[argv.index("--port") + 1]), env.get("ASCEND_RT_VISIBLE_DEVICES", ""), env.get("HCCL_IF_BASE_PORT", "")
+
+
+def test_capacity_cells_run_at_once_never_sharing_a_port_npu_hccl_range_or_run_dir(bench):
+    model = bench.checkpoint("qwen3-moe", "Qwen3-30B-A3B-parallel")
+    result = bench.make("capacity", bench.env("v0.11-qwen3-30b-a3b"), model, "SWEEP=16 32 64", "TP=4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[set] 3 runs, 2 at once: 2 disjoint groups of TP 4 (8 of 8 NPUs free)" in result.stdout
+    sets = list((bench.runs / model.name).glob("*-parallel/parallel.json"))
+    assert len(sets) == 1
+    runs = json.loads(sets[0].read_text())["runs"]
+    records = [json.loads((Path(r["run_dir"]) / "evidence.json").read_text()) for r in runs]
+    assert len({r["run_dir"] for r in records}) == 3
+    for run, record in zip(runs, records):
+        port, npus, hccl = _slot_of(record)  # what the server was started with: command.sh says it too
+        assert (port, npus, int(hccl)) == (run["slot"]["port"], ",".join(map(str, run["slot"]["npus"])),
+                                          run["slot"]["hccl_base_port"])
+        assert f"export ASCEND_RT_VISIBLE_DEVICES={npus}" in (Path(record["run_dir"]) / "command.sh").read_text()
+    by_slot = {run["slot"]["index"]: _slot_of(record) for run, record in zip(runs, records)}
+    (port0, npus0, hccl0), (port1, npus1, hccl1) = by_slot[0], by_slot[1]
+    assert port0 != port1 and not set(npus0.split(",")) & set(npus1.split(","))
+    assert abs(int(hccl0) - int(hccl1)) >= 32 and 60000 not in (int(hccl0), int(hccl1))  # never HCCL's default range
+    capacity = json.loads((bench.runs / model.name / "capacity.json").read_text())
+    assert [c["verdict"] for c in capacity["cells"]] == ["PASS"] * 3
+    assert result.stdout.index("[set] started") < result.stdout.index("== capacity cell max-num-seqs 16")
+
+
+def test_ctrl_c_stops_every_run_of_a_parallel_set_and_keeps_each_ones_evidence(bench):
+    model = bench.checkpoint("qwen3-moe", "Qwen3-30B-A3B-interrupted")
+    env = bench.env("v0.11-qwen3-30b-a3b", REPLAY_SPEED="0.2")  # starts of ~15 s: time to press Ctrl-C
+    process = subprocess.Popen(["make", "-s", "all-features", f"MODEL={model}", "TP=4"], env=env, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        live: list = []
+        while time.monotonic() < deadline and len(live) < 2:
+            live = [r for _, r in serve.recorded_servers(bench.runs) if r.is_alive_and_ours()]
+            time.sleep(0.2)
+        assert len(live) == 2, "Stage B and flashcomm1 never ran at once"
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    # the helper exits 130; make, which got the SIGINT too, says so and dies of the signal itself
+    assert process.returncode in (2, -signal.SIGINT) and "Error 130" in output, output
+    assert not [r for _, r in serve.recorded_servers(bench.runs) if r.verified_members()]
+    for record in live:
+        evidence = json.loads((Path(record.run_dir) / "evidence.json").read_text())
+        assert evidence["verdict"] == "INTERRUPTED" and (Path(record.run_dir) / "serve.log").is_file()
+    parallel = json.loads(next((bench.runs / model.name).glob("*-parallel/parallel.json")).read_text())
+    assert parallel["interrupted"] is True and {r["verdict"] for r in parallel["runs"]} == {"INTERRUPTED"}
+    assert "isolation" not in output  # nothing is started after Ctrl-C
