@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from helpers.errors import EXIT_INTERRUPTED
+
 
 def _settings_and_model():
     from helpers import model, settings
@@ -24,7 +26,11 @@ def all_features_cmd() -> None:
     from helpers.starts.featurefirst import AllFeatures
 
     settings, model = _settings_and_model()
-    sys.exit(AllFeatures(settings, model).run())
+    try:
+        code = AllFeatures(settings, model).run()
+    except KeyboardInterrupt:  # Ctrl-C between two runs: each run already stopped its own server
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
 
 
 @click.command("serve")
