@@ -91,7 +91,8 @@ def decide_each(on: dict[str, gates.GateDecision], record: dict[str, Any], log: 
             catalog = load_catalog()
             refusal = gates.find_in_log(log, [catalog.by_id(sig).pattern for sig in gates.Proof.of(spec).failures])
             if refusal:
-                decided[name] = {"verdict": "FAIL", "category": "startup", "line": refusal[0], "line_no": refusal[1],
+                decided[name] = {"verdict": "FAIL", "category": record.get("category"), "line": refusal[0],
+                                 "line_no": refusal[1],
                                  "reason": f"{name} refused (serve.log line {refusal[1]}): {refusal[0].strip()[:200]}"}
     return decided
 

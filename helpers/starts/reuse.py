@@ -114,7 +114,7 @@ def shareable(live: LiveServer, plan: ServePlan, now: status.Now) -> list[str]:
         why += command_differences(recorded, plan) or ["argv differs (host or port)"]
     elif dict(recorded.get("env") or {}) != plan.env:
         why.append("env differs")
-    if live.evidence.get("verdict") not in ("PASS", "SERVING"):
+    if live.evidence.get("verdict") != "PASS":
         why.append(f"its start did not pass ({live.evidence.get('verdict')})")
     why += staleness(live.evidence, now)
     return why

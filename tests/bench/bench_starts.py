@@ -8,7 +8,12 @@ recorded pace (REPLAY_SPEED=1 for every run, old order and new alike).
   2. Starts when exactly one of k features breaks the run (MTP, k = 2): at most 3 + ceil(log2 k) + 1
      for the culprit to be named.
   3. `make capacity SWEEP="16 32 64"` and the isolation probes of (2) at TP 4 on an 8-NPU box:
-     two free groups against one (PARALLEL=1). Target: wall-time ratio <= 0.6.
+     two free groups against one (PARALLEL=1). Target: wall-time ratio <= 0.6. Played at 1/20 of
+     the scenarios' pace (both sides), at MAX_MODEL_LEN=4096: the scenarios compress a start to
+     seconds, and at that pace the 2-core machine's own work (a Python process per run, importing
+     transformers, tokenizing 64 prompts of 40k tokens) would be measured instead of the starts,
+     which on a real box take minutes. Rounds bound it: 3 cells on 2 groups take 2 rounds, and
+     Stage A / Stage B beside flashcomm1 / base beside the first half take 3 rounds of 5 starts.
   4. capacity's baseline cell right after `make serve`: starts added (target: none).
 Run: make bench.
 """
@@ -31,6 +36,7 @@ from helpers import model as model_module  # noqa: E402
 from helpers import serve, settings, triage  # noqa: E402
 
 SCENARIO = "v0.23-deepseek-v3"
+SLOW = "0.05"
 
 
 class Box:
@@ -47,9 +53,9 @@ class Box:
         return linked_copy(self.shape, self.root / "models" / f"DeepSeek-V3-{self.count}")
 
     def make(self, model: Path, targets: list[str], scenario: str = SCENARIO, *variables: str,
-             port: int | None = None, keep: bool = False) -> tuple[int, float]:
+             port: int | None = None, keep: bool = False, speed: str = "1") -> tuple[int, float]:
         """(server starts, wall seconds) of these make targets in a row on `model`."""
-        env = base_env(self.runs, BACKEND="replay", REPLAY_SCENARIO=scenario, REPLAY_SPEED="1",
+        env = base_env(self.runs, BACKEND="replay", REPLAY_SCENARIO=scenario, REPLAY_SPEED=speed,
                        PORT=str(port or free_port()), READY_TIMEOUT="300")
         env.pop("PYTHONPATH")
         before = starts(self.runs, model)
@@ -93,10 +99,11 @@ def main() -> None:
               f"(bound 3 + ceil(log2 k) + 1 = {bound}) {broken[1]:.1f} s")
         sequential = parallel = 0.0
         for label, extra in (("one group", ["PARALLEL=1"]), ("two groups", [])):
-            cap = box.make(box.model(), ["capacity"], SCENARIO, "SWEEP=16 32 64", "TP=4", *extra)
-            probes = box.make(box.model(), ["all-features"], str(breaks), "TP=4", *extra)
+            cap = box.make(box.model(), ["capacity"], SCENARIO, "SWEEP=16 32 64", "TP=4", "MAX_MODEL_LEN=4096",
+                           *extra, speed=SLOW)
+            probes = box.make(box.model(), ["all-features"], str(breaks), "TP=4", *extra, speed=SLOW)
             total = cap[1] + probes[1]
-            print(f"capacity SWEEP=\"16 32 64\" + isolation probes at TP 4 on 8 NPUs, {label}: "
+            print(f"capacity SWEEP=\"16 32 64\" + isolation probes at TP 4 on 8 NPUs (pace x{SLOW}), {label}: "
                   f"{cap[0]} + {probes[0]} starts, {cap[1]:.1f} + {probes[1]:.1f} = {total:.1f} s")
             sequential, parallel = (total, parallel) if label == "one group" else (sequential, total)
         print(f"  two groups against one: wall-time ratio {parallel / sequential:.2f} (target <= 0.6)")
