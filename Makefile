@@ -32,11 +32,14 @@ test: setup ## Run the whole test suite (unit + real CPU-backend integration)
 	@scripts/test.sh
 
 # --- 0. environment: hygiene and context, 1. triage
-hygiene: setup ## Stop servers this tool started (from its state files) and check PORT is free
+hygiene: setup ## Stop servers this tool started (from its state files, make serve's too) and check PORT is free
 	@scripts/hygiene.sh
 
 reset-roots: setup ## Reset VLLM_SRC / VLLM_ASCEND_SRC to HEAD (CONFIRM=yes only), saving each diff and untracked file under runs/ first
 	@scripts/reset-roots.sh
+
+serve: setup ## Start the documented command and leave it running (capacity's baseline and accuracy share it; hygiene stops it)
+	@scripts/serve.sh
 
 context: setup ## Collect the context: roots (HEAD, dirty), versions and import paths, NPU processes, port -> context.json
 	@scripts/context.sh
@@ -79,7 +82,7 @@ xlite: setup ## XliteGraph (xlite_graph_config, full mode): needs the xlite pack
 	@scripts/gate.sh xlite
 .PHONY: xlite
 
-all-features: setup ## Stage A, Stage B, ep, flashcomm1, mtp, then the matrix (continues past failures)
+all-features: setup ## Feature-first: Stage A, Stage B with every applicable feature on, flashcomm1; isolation only on failure; matrix
 	@scripts/all_features.sh
 
 matrix: setup ## Feature matrix from recorded evidence -> runs/<model>/matrix.json and matrix.md
@@ -125,5 +128,5 @@ bench: setup ## Benchmarks (triage and keymap of a 100 GB-class sharded checkpoi
 	@scripts/bench.sh
 
 .PHONY: help setup demo test hygiene triage stage-a stage-b ep flashcomm1 mtp all-features matrix eager dynamo-fallback text-only ladder diagnose capacity accuracy report deliver tiny-model runbooks bench
-.PHONY: context changes status
+.PHONY: context changes status serve
 .PHONY: scaffold keymap

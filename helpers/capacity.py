@@ -157,6 +157,8 @@ class CapacitySweep:
         self._tokenizer_loaded = False
         self.t0 = time.monotonic()
         self.interrupted = False
+        self.cells_only = False  # a run of a parallel set: its cells' cell.json only (helpers/starts/cellset.py)
+        self.at_once: set[str] = set()  # keys of the cells this sweep ran in a parallel set
 
     def _choose_client(self) -> str:
         wanted = str(self.profile.capacity.get("load_client") or "builtin")
@@ -200,9 +202,10 @@ class CapacitySweep:
     def cell(self, max_num_seqs: int, max_model_len: int, role: str, index: int, total: int) -> dict[str, Any]:
         key = cell_key(max_num_seqs, max_model_len)
         if key in self.finished:
-            cell = dict(self.finished[key], role=role, reused=True)
-            self.out(f"[capacity] cell {key}: finished earlier ({cell['verdict']}), skipped "
-                     f"(FORCE=1 redoes it); evidence: {cell['run_dir']}")
+            cell = dict(self.finished[key], role=role, reused=key not in self.at_once)
+            self.out(f"[capacity] cell {key}: ran in the parallel set ({cell['verdict']}); evidence: {cell['run_dir']}"
+                     if key in self.at_once else f"[capacity] cell {key}: finished earlier ({cell['verdict']}), "
+                     f"skipped (FORCE=1 redoes it); evidence: {cell['run_dir']}")
             self._record(cell)
             return cell
         label = (f"capacity cell {index}/{total} max-num-seqs {max_num_seqs} max-model-len {max_model_len}"
@@ -212,6 +215,10 @@ class CapacitySweep:
         run = CellRun(self.settings, self.model, request, max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                       output_len=self.output_len, client=self.client, tokenizer=self._get_tokenizer(),
                       label=label, out=self.out)
+        if role == "sweep" and index == 1:  # the baseline: `make serve` may already serve exactly it
+            from helpers.starts.live import shared_for
+
+            run.shared = shared_for(self.settings, self.model, run.plan, "capacity", self.out)
         self.out(f"[capacity] {label} ({time.monotonic() - self.t0:.0f} s into the sweep)")
         code = run.run()
         cell = run.cell_record(role, self.signature)
@@ -281,12 +288,23 @@ class CapacitySweep:
         if self.length_note:
             self.out(f"[capacity] note: {self.length_note}")
         baseline: dict[str, Any] | None = None
+        pending = [n for n in self.sweep if cell_key(n, self.target_len) not in self.finished]
+        if len(pending) > 1 and not self.cells_only:  # independent cells: at once on disjoint NPU groups
+            from helpers.starts.cellset import run_at_once
+
+            done, self.interrupted = run_at_once(self, pending)
+            self.finished.update(done)
+            self.at_once = set(done)
         with SignalGuard():
             try:
                 length = self.target_len
                 for index, n in enumerate(self.sweep):
+                    if self.interrupted:
+                        break
                     cell = self.cell(n, length, "sweep", index + 1, len(self.sweep))
                     baseline = baseline or cell
+                    if self.cells_only:
+                        continue
                     if cell["verdict"] == "PASS":
                         if self.practical is None or length > self.practical:
                             self.practical, self.practical_source = length, "baseline-start"
@@ -304,8 +322,9 @@ class CapacitySweep:
                 self.interrupted = True
             finally:
                 self.write()
-        self.out(self.summary_line())
-        self.out(self.chart_line())
+        if not self.cells_only:  # a run of a parallel set: the sweep that started it sums up
+            self.out(self.summary_line())
+            self.out(self.chart_line())
         if self.interrupted:
             return EXIT_INTERRUPTED
         return EXIT_PASS if baseline is not None and baseline.get("verdict") == "PASS" else EXIT_FAIL
@@ -336,6 +355,8 @@ class CapacitySweep:
         }
 
     def write(self) -> None:
+        if self.cells_only:
+            return  # the sweep that started this run writes capacity.json
         doc = self.document()
         self.model_dir.mkdir(parents=True, exist_ok=True)
         target = self.model_dir / "capacity.json"

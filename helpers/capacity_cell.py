@@ -230,7 +230,9 @@ class CellRun(StageRun):
             "reason": rec.get("reason"),
             "root_cause": (rec.get("root_cause") or {}).get("text"),
             "run_dir": str(self.run_dir),
-            "log": str(self.run_dir / "serve.log") if self.run_dir else None,
+            # a cell served by a shared live server (make serve) points at that server's log
+            "log": str(self.run_dir / (rec.get("log") or "serve.log")) if self.run_dir else None,
+            "shared_server": rec.get("shared_server"),
             "start_to_ready_s": (rec.get("timings") or {}).get("start_to_ready_s"),
             "kv_cache_tokens": facts["kv_cache_tokens"],
             "max_concurrency": facts["max_concurrency"],

@@ -81,30 +81,50 @@ def _model(settings, *, evidence_only: bool = False):
     return model.resolve(settings, evidence_only=evidence_only)
 
 
+# a child of a parallel set (helpers/starts/runset.py) reports its verdict and run directory here
+RESULT = click.option("--result", type=click.Path(path_type=Path), default=None, hidden=True)
+
+
 @cli.command("stage")
 @click.option("--stage", "stage", type=click.Choice(["a", "b"]), required=True,
               help="a: dummy weights (fast gate); b: real weights (mandatory gate)")
 @click.option("--step", default=None, help="name of the step in evidence (default stage-a / stage-b)")
-def stage_cmd(stage: str, step: str | None) -> None:
+@click.option("--features", default=None,
+              help="comma-separated gates switched on together (feature-first Stage B; each decided from its line)")
+@RESULT
+def stage_cmd(stage: str, step: str | None, features: str | None, result: Path | None) -> None:
     """Serve MODEL, wait for readiness, send smoke requests, record evidence and a verdict."""
     from helpers.stage import StageRequest, StageRun
+    from helpers.starts import featurefirst
+    from helpers.starts.runset import write_result
 
     settings = _settings()
-    run = StageRun(settings, _model(settings), StageRequest(step=step or f"stage-{stage}", stage=stage))
+    model = _model(settings)
+    if features is not None:
+        run = featurefirst.feature_run(settings, model, [f for f in features.split(",") if f], step or "stage-b")
+    else:
+        run = StageRun(settings, model, StageRequest(step=step or f"stage-{stage}", stage=stage))
     code = run.run()
+    write_result(result, run.record)
     _write_junit(settings, [run.record])
     sys.exit(code)
 
 
 @cli.command("capacity")
-def capacity_cmd() -> None:
+@click.option("--cells-only", is_flag=True, hidden=True, help="a run of a parallel set: cell.json only")
+@RESULT
+def capacity_cmd(cells_only: bool, result: Path | None) -> None:
     """Sweep max-num-seqs at the tested max-model-len (SWEEP, MAX_MODEL_LEN, FORCE): one server
-    start and one concurrent load per cell; capacity.json + capacity.md under RUNS_DIR/<model>/."""
+    start and one concurrent load per cell (at once on disjoint NPU groups: PARALLEL);
+    capacity.json + capacity.md under RUNS_DIR/<model>/."""
     from helpers.capacity import CapacitySweep
+    from helpers.starts.runset import write_result
 
     settings = _settings()
     sweep = CapacitySweep(settings, _model(settings))
+    sweep.cells_only = cells_only
     code = sweep.run()
+    write_result(result, sweep.cells[-1] if sweep.cells else {})
     _write_junit(settings, [dict(c, step=f"capacity-{c['key']}") for c in sweep.cells
                             if c.get("verdict") != "NOT_RUN"])
     sys.exit(code)
@@ -300,7 +320,8 @@ def deliver_cmd() -> None:
 
 @cli.command("gate")
 @click.argument("name")
-def gate_cmd(name: str) -> None:
+@RESULT
+def gate_cmd(name: str, result: Path | None) -> None:
     """Feature gate NAME (ep, flashcomm1, mtp, xlite, eager, dynamo-fallback, text-only) on MODEL.
 
     Exit 0 for PASS and for a no-run verdict (NOT_APPLICABLE, CHECKPOINT_MISSING,
@@ -309,7 +330,10 @@ def gate_cmd(name: str) -> None:
     from helpers import gates
 
     settings = _settings()
+    from helpers.starts.runset import write_result
+
     code, record = gates.run_gate(settings, _model(settings), name)
+    write_result(result, record)
     _write_junit(settings, [record])
     sys.exit(code)
 
@@ -446,3 +470,14 @@ def main() -> None:
     except BringupError as exc:  # raised outside a command (e.g. while parsing settings)
         click.echo(f"error: {exc.line()}", err=True)
         sys.exit(exc.exit_code if exc.exit_code else EXIT_USAGE)
+
+
+def _add_start_commands() -> None:
+    """all-features (feature-first) and serve: helpers/starts."""
+    from helpers.starts.commands import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_add_start_commands()

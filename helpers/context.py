@@ -285,11 +285,12 @@ def write(record: dict[str, Any], path: Path) -> None:
     ev.atomic_write_json(path, record)
 
 
-def preflight(settings: Settings, model: Model, profile: profiles.Profile, plan: ServePlan) -> dict[str, Any]:
+def preflight(settings: Settings, model: Model, profile: profiles.Profile, plan: ServePlan,
+              npus: bool = True) -> dict[str, Any]:
     """The context at the start of a stage run: recorded in its evidence; a needed NPU held by
     another process stops the run before anything starts (exit 3, one line). The port is
-    checked by the stage itself."""
-    record = collect(settings, model=model, profile=profile, plan=plan, port=False)
+    checked by the stage itself. npus=False: the run shares a live server of ours (its NPUs)."""
+    record = collect(settings, model=model, profile=profile, plan=plan, port=False, npus=npus)
     write(record, context_path(settings, model))
     if record["problems"]:
         raise EnvironmentProblem(record["problems"][0], hint_for(record))

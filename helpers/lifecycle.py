@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from helpers.errors import Interrupted
 from helpers.logscan import LogScanner
 from helpers.plan import ServePlan
 from helpers.readiness import LogTail, Progress, WatchOutcome, base_url, wait_ready
-from helpers.serve import Server
+from helpers.serve import Server, ServerRecord
 
 
 class SignalGuard:
@@ -82,7 +83,9 @@ class Session:
 
 @contextmanager
 def serving(plan: ServePlan, log_path: Path, *, runs_dir: Path, token: str,
-            scanner: LogScanner | None = None) -> Iterator[Session]:
+            scanner: LogScanner | None = None, keep: bool = False) -> Iterator[Session]:
+    """keep: a server that became ready and whose block ended normally is left running (`make
+    serve`); its state file stays, so `make hygiene` (or a step that shares it) finds it."""
     server = Server.start(plan, log_path, runs_dir, token)
     session = Session(server, LogTail(log_path, scanner or LogScanner()), base_url(plan.host, plan.port),
                       plan.served_name)
@@ -91,6 +94,43 @@ def serving(plan: ServePlan, log_path: Path, *, runs_dir: Path, token: str,
         yield session
         graceful = session.ready
     finally:
-        session.scanner.mark_stop()
-        session.stop_how = server.stop(graceful=graceful)
+        if keep and graceful and server.alive():
+            session.stop_how = f"left running (pid {server.pid}, port {plan.port}); `make hygiene` stops it"
+        else:
+            session.scanner.mark_stop()
+            session.stop_how = server.stop(graceful=graceful)
+        session.pump()
+
+
+class SharedServer:
+    """A live server of ours that an earlier step started (`make serve`): watched like our own
+    start, never stopped here."""
+
+    def __init__(self, record: ServerRecord) -> None:
+        self.record = record
+        self.pid = record.pid
+
+    def poll(self) -> int | None:
+        return None if self.record.is_alive_and_ours() else 0
+
+    def alive(self) -> bool:
+        return self.poll() is None
+
+    def wait_exit(self, timeout: float) -> int | None:
+        time.sleep(timeout)
+        return self.poll()
+
+
+@contextmanager
+def sharing(record: ServerRecord, log_path: Path, served_name: str,
+            scanner: LogScanner | None = None) -> Iterator[Session]:
+    """The session of a step served by a live server of ours: its serve.log is read from the start
+    (the startup facts: KV cache, ready line), requests go to its port; it is left running."""
+    server = SharedServer(record)
+    session = Session(server, LogTail(log_path, scanner or LogScanner()),  # type: ignore[arg-type]
+                      base_url(record.host, record.port), served_name)
+    try:
+        yield session
+    finally:
+        session.stop_how = f"left running: shared, started by {record.run_dir}"
         session.pump()

@@ -15,6 +15,7 @@ from typing import Any
 from helpers import evidence as ev
 from helpers import layers, runs
 from helpers.model import Model
+from helpers.starts.cells import newest as newest_deciding
 from helpers.templating import render
 
 FEATURES = ("aclgraph", "ep", "flashcomm1", "mtp", "multimodal", "eager", "dynamo-fallback", "text-only")
@@ -228,6 +229,8 @@ def capacity_summary(model_runs: Path) -> dict[str, Any] | None:
 def build_matrix(model_runs: Path, model: str, backend: str = "") -> dict[str, Any]:
     steps = ("stage-a", "stage-b") + GATE_STEPS
     records = {step: ev.read_latest(model_runs, step) for step in steps}
+    # a feature decided by a feature-first Stage B or an isolation newer than its own gate run
+    records = newest_deciding(records, model_runs, ("ep", "flashcomm1", "mtp"))
     backend = backend or next((r["backend"] for r in records.values() if r and r.get("backend")), "")
     features: dict[str, dict[str, Any]] = {"aclgraph": aclgraph_row(records)}
     for step in ("ep", "flashcomm1", "mtp"):

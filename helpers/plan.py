@@ -169,10 +169,17 @@ def plan_for(profile: Profile, settings: Settings, model: Model, stage: str, var
              tp: int | None = None) -> ServePlan:
     """The serve plan of a step from the settings (a capacity cell overrides the two sizes; the
     stage run passes the TP and length its profile's defaults chose when the settings leave them unset)."""
-    return build_plan(
+    plan = build_plan(
         profile, model_path=str(model.checkpoint), served_name=model.served_name, stage=stage,
         host=settings.host, port=settings.port, tp=tp or settings.tp,
         max_model_len=max_model_len or settings.max_model_len, max_num_seqs=max_num_seqs or settings.max_num_seqs,
         dtype=settings.dtype, extra_args=settings.extra_args, api_key=settings.api_key,
         work_dir=settings.work_dir, variant=variant,
     )
+    # a run of a parallel set (or NPU_GROUP / HCCL_BASE_PORT set by hand): its NPUs and HCCL host
+    # port range are part of the command, so command.sh reproduces the run where it ran
+    if settings.npu_group:
+        plan.env["ASCEND_RT_VISIBLE_DEVICES"] = settings.npu_group
+    if settings.hccl_base_port:
+        plan.env["HCCL_IF_BASE_PORT"] = str(settings.hccl_base_port)
+    return plan

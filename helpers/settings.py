@@ -136,6 +136,13 @@ def _fewshot(values: dict[str, str]) -> int | None:
     return int(text) if text else None
 
 
+def _npu_group(values: dict[str, str]) -> str:
+    text = _text(values, "NPU_GROUP").replace(" ", "")
+    if text and not re.fullmatch(r"\d+(,\d+)*", text):
+        raise UsageError(f"NPU_GROUP={text!r} is not a comma-separated list of device numbers", "e.g. NPU_GROUP=4,5,6,7")
+    return text
+
+
 @dataclass
 class Settings:
     model: str = ""
@@ -176,6 +183,10 @@ class Settings:
     tiny_dir: Path | None = None
     tiny_kind: str = "dense"
     tiny_weights: str = "real"
+    # runs at once (None: as many disjoint NPU groups as are free), this run's NPUs and HCCL ports
+    parallel: int | None = None
+    npu_group: str = ""
+    hccl_base_port: int | None = None
     # names this invocation in the state files, so its EXIT trap stops only its own servers
     run_token: str = field(default_factory=lambda: f"pid-{os.getpid()}")
 
@@ -228,6 +239,9 @@ def load(overrides: dict[str, str | None] | None = None) -> Settings:
         tiny_dir=_path(values, "TINY_DIR", base),
         tiny_kind=_text(values, "TINY_KIND") or "dense",
         tiny_weights=_text(values, "TINY_WEIGHTS") or "real",
+        parallel=_int(values, "PARALLEL", minimum=1),
+        npu_group=_npu_group(values),
+        hccl_base_port=_int(values, "HCCL_BASE_PORT", minimum=1),
         run_token=os.environ.get("BRINGUP_RUN_TOKEN") or f"pid-{os.getpid()}",
     )
 

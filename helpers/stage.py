@@ -21,14 +21,14 @@ from helpers import context as context_check
 from helpers import layers, profiles
 from helpers import evidence as ev
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted
-from helpers.lifecycle import Session, SignalGuard, serving
+from helpers.lifecycle import Session, SignalGuard, serving, sharing
 from helpers.diagnosis import diagnosis_of
 from helpers.logscan import LogScanner
 from helpers import defaults, flashcomm_env, graphmode
 from helpers.model import Model
 from helpers.plan import ServePlan, Variant, mask, plan_for
 from helpers.readiness import Progress, WatchOutcome, base_url
-from helpers.serve import require_free_port
+from helpers.serve import ServerRecord, require_free_port
 from helpers.settings import Settings
 from helpers.smoke import RequestResult, chat, chat_stream
 from helpers.timeline.phases import timeline_of_log
@@ -83,6 +83,10 @@ class StageRun:
         # before the verdict is printed, so the one verdict line a user sees is the final one.
         self.post_check: Callable[["StageRun"], None] | None = None
         self.context: dict[str, Any] | None = None  # collected before the server starts (make context)
+        # a live server of ours started with exactly this command serves this run (no start), and
+        # `make serve` leaves the server it started running
+        self.shared: ServerRecord | None = None
+        self.keep_running = False
 
     def _flashcomm1_env(self) -> dict[str, Any] | None:
         """What the box's environment says about flashcomm1; a base run unsets what would turn it on."""
@@ -330,10 +334,16 @@ class StageRun:
             from helpers.adapt.gate import before_stage_b
 
             before_stage_b(self.settings, self.model, self.profile.name, self.out)
-        require_free_port(self.settings.host, self.settings.port, self.settings.runs_dir)
-        self.context = context_check.preflight(self.settings, self.model, self.profile, self.plan)
+        if self.shared is None:
+            require_free_port(self.settings.host, self.settings.port, self.settings.runs_dir)
+        self.context = context_check.preflight(self.settings, self.model, self.profile, self.plan,
+                                               npus=self.shared is None)
         self._open_run()
         assert self.run_dir is not None
+        if self.shared is not None:
+            self.record["log"] = str(Path(self.shared.run_dir) / "serve.log")
+            self.record["shared_server"] = {"run_dir": self.shared.run_dir, "pid": self.shared.pid,
+                                            "port": self.shared.port, "compared": "argv, env, checkpoint, roots"}
         self._start_warnings()  # into the record's warnings list, saved with the next write
         label = f"{self.request.step} {self.model_name}"
         progress = Progress(label)
@@ -345,12 +355,13 @@ class StageRun:
         for name, chosen in self.defaults.items():
             if chosen.value is not None and not chosen.source.startswith(("TP (", "MAX_MODEL_LEN (")):
                 self.out(f"[{label}] {name.replace('_', '-')} {chosen.value}: {chosen.source}")
-        self.out(f"[{label}] starting {self.profile.name} server on {base_url(self.settings.host, self.settings.port)}; "
-                 f"evidence: {self.run_dir}")
+        url = base_url(self.settings.host, self.settings.port)
+        self.out(f"[{label}] starting {self.profile.name} server on {url}; evidence: {self.run_dir}" if self.shared is None
+                 else f"[{label}] served by our live server on {url} (started by {self.shared.run_dir}, the same "
+                      f"command, checkpoint and roots): no start; evidence: {self.run_dir}")
         with SignalGuard():
             try:
-                with serving(self.plan, self.run_dir / "serve.log", runs_dir=self.settings.runs_dir,
-                             token=self.settings.run_token, scanner=self.scanner) as session:
+                with self._server() as session:
                     self.session = session
                     self.record["server"] = {"pid": session.server.pid, "pgid": session.server.record.pgid}
                     self._save()
@@ -365,6 +376,8 @@ class StageRun:
                         self.out(f"[{label}] ready in {outcome.elapsed:.1f} s; sending {self.request_phase}")
                         self._pump()
                         self.first_request_line = self.scanner.line_no  # graph evidence must come later
+                        if self.shared is not None:  # logged once per process: after its own ready
+                            self.first_request_line = self.scanner.ready_line or 0
                         results = self.send_requests(session.url, outcome.ready_line)
                         if results:
                             self.record["timings"]["first_request_s"] = round(results[0].latency_s, 3)
@@ -386,6 +399,13 @@ class StageRun:
                 self.scanner.finish()
                 self._finish(results)
         return self.exit_code()
+
+    def _server(self):
+        if self.shared is not None:
+            return sharing(self.shared, Path(self.shared.run_dir) / "serve.log", self.served_name, self.scanner)
+        assert self.run_dir is not None
+        return serving(self.plan, self.run_dir / "serve.log", runs_dir=self.settings.runs_dir,
+                       token=self.settings.run_token, scanner=self.scanner, keep=self.keep_running)
 
     def _finish(self, results: list[RequestResult]) -> None:
         rec = self.record

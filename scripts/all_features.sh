@@ -1,26 +1,12 @@
 #!/usr/bin/env bash
-# The workflow's default set in its order: Stage A, Stage B, EP, flashcomm1, MTP (multimodal and
-# ACLGraph are checked inside every stage), then the matrix. Continues past failures; the exit
-# code comes from the matrix: 1 when Stage B or an applicable feature failed, else 0.
+# The workflow's default set, feature-first: Stage A, one Stage B with every applicable feature on
+# (each decided from its own line in that run's log), flashcomm1 beside it (at once when two NPU
+# groups are free), isolation only on failure or missing evidence, then the matrix. A fresh PASS
+# of the same command is reused (FORCE=1 reruns it). Exit 1 when Stage B or an applicable feature
+# failed, 130 when interrupted (every run of the set stopped, each with its evidence).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
+# The helper stops its own servers; this trap is the backstop if the helper itself is killed.
 trap stop_servers_of_this_run EXIT
-
-run_step() {
-  local status=0
-  echo "== $*"
-  "$@" || status=$?
-  # 130: the user pressed Ctrl-C; stop the whole set instead of starting the next server.
-  if [[ "$status" -eq 130 ]]; then
-    exit 130
-  fi
-}
-
-run_step run_helper stage --stage a
-run_step run_helper stage --stage b
-for gate in ep flashcomm1 mtp; do
-  run_step run_helper gate "$gate"
-done
-echo "== matrix"
-run_helper matrix --exit-code
+run_helper all-features

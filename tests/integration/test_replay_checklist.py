@@ -11,11 +11,16 @@ every test checks that no server it started is left, also when it fails.
 from __future__ import annotations
 
 import json
+import math
+import os
+import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, TINY_SHAPES, base_env, free_port, linked_copy, run_make, tiny_shaped
 from helpers import serve, settings as settings_module, triage
@@ -161,8 +166,15 @@ def test_all_features_on_the_moe_scenario_links_every_matrix_cell_to_a_log_line(
     env = bench.env("v0.11-qwen3-30b-a3b")
     result = bench.make("all-features", env, model)
     assert result.returncode == 0, result.stdout + result.stderr
+    # feature-first: Stage A, one Stage B with EP on, flashcomm1 on its own: three starts, not five
+    assert len(started_runs(bench, model)) == 3 and "(3 server start(s) in this make all-features)" in result.stdout
+    headers = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("== ")]
+    assert headers == ["stage-a", "mtp", "stage-b", "flashcomm1", "matrix"], result.stdout
+    assert "== stage-b (feature-first: ep)" in result.stdout
     matrix = json.loads((bench.runs / model.name / "matrix.json").read_text())
     features = matrix["features"]
+    # EP's cell is decided by the feature-first Stage B, from its own line there
+    assert features["ep"]["run_dir"] == matrix["stages"]["stage-b"]["run_dir"]
     assert features["aclgraph"]["status"] == features["ep"]["status"] == "PASS"
     assert features["flashcomm1"]["status"] == "PASS"  # accepted: v0.11 logs nothing for it here
     assert (features["mtp"]["status"], features["multimodal"]["status"]) == ("NOT_APPLICABLE", "NOT_APPLICABLE")
@@ -184,6 +196,74 @@ def test_all_features_on_the_moe_scenario_links_every_matrix_cell_to_a_log_line(
     assert linked >= 6
     assert "_EP0 pid=" in features["ep"]["evidence_line"]  # an EP worker (fact ep-worker-prefix)
     assert "serve.log:" in (bench.runs / model.name / "matrix.md").read_text()
+    # again: the Stage A and Stage B that just passed with the same command are reused, and said so
+    again = bench.make("all-features", env, model)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "== stage-a: reused: PASS stage-a from" in again.stdout and "== stage-b: reused: PASS stage-b" in again.stdout
+    assert "(1 server start(s) in this make all-features)" in again.stdout and len(started_runs(bench, model)) == 4
+    # FORCE=1 reruns them
+    forced = bench.make("all-features", env, model, "FORCE=1")
+    assert forced.returncode == 0 and "(3 server start(s)" in forced.stdout and "reused" not in forced.stdout
+
+
+def started_runs(bench, model: Path) -> list[Path]:
+    """Run directories of this model whose server was started (a serve.log was written)."""
+    return sorted(p.parent for p in (bench.runs / model.name).glob("*/serve.log") if not p.parent.is_symlink())
+
+
+def test_all_features_decides_ep_and_mtp_from_their_own_lines_in_one_stage_b(bench):
+    model = bench.checkpoint("deepseek-v3", "DeepSeek-V3-features")
+    result = bench.make("all-features", bench.env("v0.23-deepseek-v3"), model)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(started_runs(bench, model)) == 3 and "== stage-b (feature-first: ep, mtp)" in result.stdout
+    matrix = json.loads((bench.runs / model.name / "matrix.json").read_text())
+    stage_b = bench.evidence(model, "stage-b")
+    assert stage_b["features_on"] == ["ep", "mtp"] and "--enable-expert-parallel" in stage_b["command"]["argv"]
+    for feature, text in (("ep", "Expert parallelism is enabled."), ("mtp", None)):
+        cell = matrix["features"][feature]
+        assert cell["status"] == "PASS" and cell["run_dir"] == stage_b["run_dir"], cell
+        line = log_line(stage_b, cell["line_no"])
+        assert cell["evidence_line"].strip() in line and (text is None or text in line)
+        assert stage_b["decides"][feature]["line_no"] == cell["line_no"]
+    # the two features' lines are different lines of the one log: each decided by its own
+    assert matrix["features"]["ep"]["line_no"] != matrix["features"]["mtp"]["line_no"]
+
+
+def test_one_breaking_feature_is_bisected_and_named_within_the_start_budget(bench, tmp_path):
+    """A generated fixture: the DeepSeek-V3 recording whose worker-start failure of an unknown
+    speculative method (there for mlp_speculator) is here what `"method":"mtp"` gets."""
+    scenario = tmp_path / "v0.23-deepseek-v3-mtp-breaks.yaml"
+    data = yaml.safe_load((REPO / "helpers/replay/scenarios/v0.23-deepseek-v3.yaml").read_text())
+    block = next(b for b in data["startup"] if b["id"] == "unknown-spec-method")
+    block["when"] = {"flag_json": {"flag": "--speculative-config", "key": "method", "in": ["mtp"]}}
+    data["name"] = scenario.stem
+    scenario.write_text("# Sources: helpers/replay/scenarios/v0.23-deepseek-v3.yaml (every line and its source)\n"
+                        + yaml.safe_dump(data, sort_keys=False))
+    model = bench.checkpoint("deepseek-v3", "DeepSeek-V3-mtp-breaks")
+    result = bench.make("all-features", bench.env(str(scenario)), model)
+    assert failed_with(result, 1), result.stdout + result.stderr
+    k = 2  # EP and MTP in the feature-first Stage B
+    assert len(started_runs(bench, model)) <= 3 + math.ceil(math.log2(k)) + 1
+    assert "isolation: culprit mtp" in result.stdout and "next: make ladder" in result.stdout
+    matrix = json.loads((bench.runs / model.name / "matrix.json").read_text())
+    mtp, ep = matrix["features"]["mtp"], matrix["features"]["ep"]
+    assert mtp["status"] == "FAIL" and "Unknown speculative decoding method: mtp" in mtp["evidence_line"]
+    failing = json.loads((Path(mtp["run_dir"]) / "evidence.json").read_text())
+    assert failing["features_on"] == ["ep", "mtp"] and failing["verdict"] == "FAIL"
+    assert mtp["evidence_line"] in log_line(failing, mtp["line_no"])
+    # EP is decided by a passing probe that had it on, from its own line there
+    probe = json.loads((Path(ep["run_dir"]) / "evidence.json").read_text())
+    assert ep["status"] == "PASS" and probe["features_on"] == ["ep"] and probe["verdict"] == "PASS"
+    assert ep["evidence_line"].strip() in log_line(probe, ep["line_no"])
+    assert matrix["stages"]["stage-b"]["status"] == "PASS"  # the base command works
+
+
+def test_no_stage_b_after_a_stage_a_that_failed_at_startup(bench):
+    model = bench.checkpoint("qwen3-dense", "Qwen3-8B-oom")
+    result = bench.make("all-features", bench.env("v0.11-oom-startup"), model)
+    assert failed_with(result, 1), result.stdout + result.stderr
+    assert "== stage-b: not started: Stage A failed at startup" in result.stdout
+    assert len(started_runs(bench, model)) == 1 and "(1 server start(s)" in result.stdout
 
 
 def test_torchair_graph_mode_on_an_old_image_is_recognised_not_a_missing_aclgraph(bench):
@@ -398,3 +478,84 @@ def test_a_long_busy_silence_is_not_a_stall_but_a_sleeping_hang_is(bench):
     assert "no new log line and no CPU time for 2 s" in record["reason"]
     assert time.monotonic() - started < 60
     assert "SIGKILL" in record["stop"]  # a starting server ignores SIGTERM: killed, not left behind
+
+
+def test_capacity_baseline_is_served_by_make_serve_without_a_start_and_hygiene_stops_it(bench):
+    model = bench.checkpoint("qwen3-dense", "Qwen3-8B-serve")
+    env = bench.env("v0.11-qwen3-8b")
+    served = bench.passes("serve", env, model)
+    assert served["verdict"] == "PASS" and "left running" in served["stop"]
+    record = next(r for _, r in serve.recorded_servers(bench.runs) if r.run_dir == served["run_dir"])
+    assert record.is_alive_and_ours()
+    result = bench.make("capacity", env, model)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "served by our live server" in result.stdout and "no start" in result.stdout
+    assert started_runs(bench, model) == [Path(served["run_dir"])]  # no start added
+    cell = json.loads((bench.runs / model.name / "capacity.json").read_text())["cells"][0]
+    assert cell["verdict"] == "PASS" and cell["shared_server"]["run_dir"] == served["run_dir"]
+    assert cell["shared_server"]["compared"] == "argv, env, checkpoint, roots"
+    assert cell["log"] == str(Path(served["run_dir"]) / "serve.log") and cell["kv_cache_tokens"]
+    assert record.is_alive_and_ours()  # still serving after the step that shared it
+    result = bench.make("hygiene", env, model)
+    assert result.returncode == 0 and f"stopped our server pid {record.pid}" in result.stdout
+    assert not record.is_alive_and_ours()
+
+
+# --- runs at once on disjoint NPU groups (an 8-NPU A2 machine, TP 4: two groups) -----------------
+
+def _slot_of(record: dict) -> tuple[int, str, str]:
+    argv, env = record["command"]["argv"], record["command"]["env"]
+    return int(argv[argv.index("--port") + 1]), env.get("ASCEND_RT_VISIBLE_DEVICES", ""), env.get("HCCL_IF_BASE_PORT", "")
+
+
+def test_capacity_cells_run_at_once_never_sharing_a_port_npu_hccl_range_or_run_dir(bench):
+    model = bench.checkpoint("qwen3-moe", "Qwen3-30B-A3B-parallel")
+    result = bench.make("capacity", bench.env("v0.11-qwen3-30b-a3b"), model, "SWEEP=16 32 64", "TP=4")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[set] 3 runs, 2 at once: 2 disjoint groups of TP 4 (8 of 8 NPUs free)" in result.stdout
+    sets = list((bench.runs / model.name).glob("*-parallel/parallel.json"))
+    assert len(sets) == 1
+    runs = json.loads(sets[0].read_text())["runs"]
+    records = [json.loads((Path(r["run_dir"]) / "evidence.json").read_text()) for r in runs]
+    assert len({r["run_dir"] for r in records}) == 3
+    for run, record in zip(runs, records):
+        port, npus, hccl = _slot_of(record)  # what the server was started with: command.sh says it too
+        assert (port, npus, int(hccl)) == (run["slot"]["port"], ",".join(map(str, run["slot"]["npus"])),
+                                          run["slot"]["hccl_base_port"])
+        assert f"export ASCEND_RT_VISIBLE_DEVICES={npus}" in (Path(record["run_dir"]) / "command.sh").read_text()
+    by_slot = {run["slot"]["index"]: _slot_of(record) for run, record in zip(runs, records)}
+    (port0, npus0, hccl0), (port1, npus1, hccl1) = by_slot[0], by_slot[1]
+    assert port0 != port1 and not set(npus0.split(",")) & set(npus1.split(","))
+    assert abs(int(hccl0) - int(hccl1)) >= 32 and 60000 not in (int(hccl0), int(hccl1))  # never HCCL's default range
+    capacity = json.loads((bench.runs / model.name / "capacity.json").read_text())
+    assert [c["verdict"] for c in capacity["cells"]] == ["PASS"] * 3
+    assert result.stdout.index("[set] started") < result.stdout.index("== capacity cell max-num-seqs 16")
+
+
+def test_ctrl_c_stops_every_run_of_a_parallel_set_and_keeps_each_ones_evidence(bench):
+    model = bench.checkpoint("qwen3-moe", "Qwen3-30B-A3B-interrupted")
+    env = bench.env("v0.11-qwen3-30b-a3b", REPLAY_SPEED="0.2")  # starts of ~15 s: time to press Ctrl-C
+    process = subprocess.Popen(["make", "-s", "all-features", f"MODEL={model}", "TP=4"], env=env, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        live: list = []
+        while time.monotonic() < deadline and len(live) < 2:
+            live = [r for _, r in serve.recorded_servers(bench.runs) if r.is_alive_and_ours()]
+            time.sleep(0.2)
+        assert len(live) == 2, "Stage B and flashcomm1 never ran at once"
+        os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    # the helper exits 130; make, which got the SIGINT too, says so and dies of the signal itself
+    assert process.returncode in (2, -signal.SIGINT) and "Error 130" in output, output
+    assert not [r for _, r in serve.recorded_servers(bench.runs) if r.verified_members()]
+    for record in live:
+        evidence = json.loads((Path(record.run_dir) / "evidence.json").read_text())
+        assert evidence["verdict"] == "INTERRUPTED" and (Path(record.run_dir) / "serve.log").is_file()
+    parallel = json.loads(next((bench.runs / model.name).glob("*-parallel/parallel.json")).read_text())
+    assert parallel["interrupted"] is True and {r["verdict"] for r in parallel["runs"]} == {"INTERRUPTED"}
+    assert "isolation" not in output  # nothing is started after Ctrl-C
