@@ -269,7 +269,7 @@ def report_cmd(out: Path | None) -> None:
             raise UsageError(f"DELIVERY_REPO={str(settings.delivery_repo)!r} is not a directory",
                              "point it at a vllm-ascend checkout")
         docs = detect_docs_system(settings.delivery_repo)
-    matrix.write_matrix(model, settings.backend)
+    matrix.write_matrix(model, settings.backend, settings.accept_fallback)
     result = render_all(settings, model, out_dir=out, docs_kind=docs.kind if docs else None)
     for line in result.summary_lines():
         click.echo(line)
@@ -288,7 +288,7 @@ def deliver_cmd() -> None:
     settings = _settings()
     model = _model(settings, evidence_only=True)
     delivery = deliver.prepare(settings, model)
-    matrix.write_matrix(model, settings.backend)
+    matrix.write_matrix(model, settings.backend, settings.accept_fallback)
     rendered = render_all(settings, model, docs_kind=delivery.docs.kind)
     lines = deliver.commit(delivery, rendered.files, rendered.signed_off, rendered.missing, rendered.evidence)
     again = render_all(settings, model, docs_kind=delivery.docs.kind)  # now with the commit hash
@@ -331,7 +331,8 @@ def matrix_cmd(exit_code: bool) -> None:
     from helpers import matrix
 
     settings = _settings()
-    data, json_path, md_path = matrix.write_matrix(_model(settings, evidence_only=True), settings.backend)
+    data, json_path, md_path = matrix.write_matrix(_model(settings, evidence_only=True), settings.backend,
+                                                     settings.accept_fallback)
     click.echo(matrix.render_terminal(data))
     click.echo(f"matrix: {json_path}\n        {md_path}")
     if exit_code:

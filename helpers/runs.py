@@ -216,31 +216,6 @@ def first_seen_heads(model_dir: Path) -> dict[str, str]:
     return {path: head for path, (_when, head) in seen.items()}
 
 
-@dataclass
-class SignOff:
-    """Whether the evidence signs the bring-up off: a full-layer Stage B PASS, nothing less."""
-
-    ok: bool
-    run: Run | None       # the full-layer Stage B PASS that signs off
-    missing: str          # one line: which full-layer run is missing (empty when ok)
-
-
-def sign_off(runs: list[Run], model: str) -> SignOff:
-    modes = passing_modes(runs)
-    signing = latest(runs, lambda r: is_serving_run(r) and r.verdict == "PASS" and not r.layers.reduced)
-    if signing is not None:
-        return SignOff(True, signing, "")
-    command = f"make stage-b MODEL={model}"
-    if modes.reduced is not None:
-        why = (f"Stage B passed only with reduced layers ({modes.reduced.layers.describe()}, run "
-               f"{modes.reduced.run_dir}); run `{command}` with every layer")
-    else:
-        last = latest(runs, lambda r: r.stage == "b" and is_serving_run(r))
-        why = (f"the latest Stage B run is {last.verdict} ({last.run_dir}); run `{command}` until it passes"
-               if last else f"Stage B never ran (dummy evidence never signs off); run `{command}`")
-    return SignOff(False, None, f"sign-off refused for {model}: no full-layer Stage B PASS; {why}")
-
-
 def documented_run(model_dir: Path) -> Run | None:
     """The run whose command the deliverables document (capacity and accuracy serve like it)."""
     return passing_modes(read_runs(model_dir)).primary

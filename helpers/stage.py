@@ -402,5 +402,5 @@ class StageRun:
         verdict = self.record.get("verdict")
         if verdict == "INTERRUPTED":
             return EXIT_INTERRUPTED
-        return EXIT_PASS if verdict in ("PASS", "NOT_APPLICABLE", "CHECKPOINT_MISSING",
+        return EXIT_PASS if verdict in ("PASS", "ACCEPTED", "NOT_APPLICABLE", "CHECKPOINT_MISSING",
                                         "FRAMEWORK_UNSUPPORTED") else EXIT_FAIL

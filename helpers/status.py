@@ -19,9 +19,10 @@ from helpers import evidence as ev
 from helpers import profiles, sourcetree
 from helpers.errors import BringupError
 from helpers.model import Model, checkpoint_fingerprint
-from helpers.runs import Run, dig, first_seen_heads, is_serving_run, read_runs
+from helpers.runs import Run, dig, first_seen_heads, read_runs
 from helpers.settings import Settings
 from helpers.triage import IN_PROCESS
+from helpers.verdict.signoff import decide
 
 SCHEMA = 1
 STEPS = ("context", "triage", "changes", "stage-a", "stage-b", "ep", "flashcomm1", "mtp", "ladder", "capacity",
@@ -230,24 +231,22 @@ def file_steps(model_runs: Path, now: Now) -> dict[str, Step]:
 
 # --- the checklist ----------------------------------------------------------------------------
 
-def signoff(runs: list[Run], now: Now) -> dict[str, Any]:
-    """Sign-off needs a fresh full-layer Stage B PASS (real weights; a reduced-layer run never counts)."""
-    passing = [r for r in runs if is_serving_run(r) and r.verdict == "PASS"]
-    full = [r for r in passing if not reduced(r)]
-    for run in reversed(full):
-        stale = run_step(run.step, run, now).stale
-        if not stale:
-            return {"possible": True, "run_dir": str(run.run_dir), "step": run.step,
-                    "reason": f"full-layer Stage B PASS: {run.step} at {run.data.get('started_at')}"}
-    if full:
-        latest = full[-1]
-        why = "; ".join(run_step(latest.step, latest, now).stale)
-        return {"possible": False, "run_dir": str(latest.run_dir), "step": latest.step,
-                "reason": f"the full-layer Stage B PASS ({latest.step}, {latest.data.get('started_at')}) is stale: {why}"}
-    if passing:
-        return {"possible": False, "run_dir": None, "step": None,
-                "reason": "only reduced-layer Stage B passes: one full-layer Stage B PASS is missing"}
-    return {"possible": False, "run_dir": None, "step": None, "reason": "no Stage B PASS yet"}
+def signoff(runs: list[Run], now: Now, model: str = "", accepted: str = "") -> dict[str, Any]:
+    """The one sign-off rule (helpers/verdict/signoff.py), and the signing run must still be fresh."""
+    decision = decide(runs, model, accepted)
+    record = {"possible": False, "run_dir": None, "step": None, "reason": decision.missing, "mode": decision.mode,
+              "gives_up": decision.gives_up}
+    if decision.run is None:
+        return record
+    run = decision.run
+    record.update(run_dir=str(run.run_dir), step=run.step)
+    stale = run_step(run.step, run, now).stale
+    if stale:
+        record["reason"] = (f"the full-layer Stage B PASS ({run.step}, {run.data.get('started_at')}) is stale: "
+                            + "; ".join(stale))
+        return record
+    record.update(possible=True, reason=decision.headline)
+    return record
 
 
 def next_command(steps: dict[str, Step], sign: dict[str, Any], model_arg: str, roots_changed: bool,
@@ -306,7 +305,7 @@ def collect(settings: Settings, model: Model) -> dict[str, Any]:
     clock = time.time()
     for step in steps.values():
         step.age = age_text(step.when, clock)
-    sign = signoff(runs, now)
+    sign = signoff(runs, now, model.name, settings.accept_fallback)
     seen = first_seen_heads(model.runs_dir)
     # code changed in a root since this model's first run (or uncommitted there): `make changes`
     roots_changed = any(root["git"] and (root["dirty"] or root["head"] != seen.get(root["path"], root["head"]))

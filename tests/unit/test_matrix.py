@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, base_env, free_port_between, run_cli
 from helpers import matrix, tinymodel
 
-SCHEMA_ROW = {"status", "category4", "evidence_line", "log", "line_no", "run_dir", "stage", "reason", "layers"}
+SCHEMA_ROW = {"status", "category4", "evidence_line", "log", "line_no", "run_dir", "stage", "reason", "layers", "decided_by"}
 
 
 @pytest.fixture(scope="module")
