@@ -7,6 +7,9 @@ MAKEFLAGS += --no-print-directory
 # Values are data: take them verbatim (no make or shell expansion) and hand them to the scripts
 # through the environment, never through recipe text.
 VARS := $(shell sed -n 's/^\([A-Z][A-Z0-9_]*\) *?=.*/\1/p' env.example)
+# The variables given on make's command line, by name: a `next:` command carries them (before the
+# line below turns every given one into an override).
+export BRINGUP_GIVEN := $(strip $(foreach v,$(VARS),$(if $(filter command line,$(origin $v)),$v)))
 $(foreach v,$(VARS),$(if $(filter command line environment override,$(origin $v)),$(eval override $v := $$(value $v))))
 # Only variables that are set: an exported empty value would override env.example's default.
 export $(foreach v,$(VARS),$(if $(filter undefined,$(origin $v)),,$v))

@@ -187,6 +187,8 @@ class Settings:
     tiny_dir: Path | None = None
     tiny_kind: str = "dense"
     tiny_weights: str = "real"
+    # the variables given on make's command line (Makefile: BRINGUP_GIVEN), carried into `next:` commands
+    given: dict[str, str] = field(default_factory=dict)
     # names this invocation in the state files, so its EXIT trap stops only its own servers
     run_token: str = field(default_factory=lambda: f"pid-{os.getpid()}")
 
@@ -242,6 +244,7 @@ def load(overrides: dict[str, str | None] | None = None) -> Settings:
         tiny_kind=_text(values, "TINY_KIND") or "dense",
         tiny_weights=_text(values, "TINY_WEIGHTS") or "real",
         run_token=os.environ.get("BRINGUP_RUN_TOKEN") or f"pid-{os.getpid()}",
+        given={name: values.get(name, "") for name in os.environ.get("BRINGUP_GIVEN", "").split() if name in values},
     )
 
 

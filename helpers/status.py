@@ -196,9 +196,12 @@ def file_steps(model_runs: Path, now: Now) -> dict[str, Step]:
                                 "; ".join(record.get("problems") or [])[:160])
     record = _read(model_runs / "latest-ladder" / "ladder.json")
     if record is not None:
+        isolated = record.get("isolated_by") or {}
         steps["ladder"] = Step("ladder", "PASS" if record.get("fixed_by") else "FAIL",
                                record.get("finished_at") or record.get("started_at"), record.get("run_dir"),
-                               note=f"fixed by {record['fixed_by']}" if record.get("fixed_by") else "no rung passed")
+                               note=f"fixed by {record['fixed_by']}" if record.get("fixed_by") else
+                               f"isolated to {isolated['isolates']} by {isolated['rung']} (not a fix)" if isolated
+                               else "no rung passed")
     record = _read(model_runs / "capacity.json")
     if record is not None:
         cells = record.get("cells") or [{}]
