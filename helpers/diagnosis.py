@@ -111,7 +111,7 @@ def next_step(scanner: LogScanner, rung: str | None, model: str = "", port: int 
     length = scanner.evidence.get("estimated_max_model_len")
     if length is None:
         configured = args.get("max_model_len") or scanner.evidence.get("max_model_len")
-        length = int(configured) // 2 if str(configured or "").isdigit() else "<smaller length>"
+        length = int(configured) // 2 if str(configured or "").isdigit() else "<SMALLER_LENGTH>"
     values = {"model": model, "max_model_len": length, "port": port or args.get("port", "<PORT>"), "step": step,
               **_sizes(run.argv, args)}
     filled = fill_rung(entry, values, extra_args, context_parallel_size(args))
@@ -187,7 +187,8 @@ def diagnosis_of(scanner: LogScanner, log: str = "", model: str = "", step: str 
     diag.fact = scanner.catalog.by_id(chosen.sig_id).fact
     diag.when = _when(scanner, root.line_no, chosen.phase, chosen.category)
     placed = phase.classify(log_path, line_no=root.line_no, label=chosen.phase, ready_line=scanner.ready_line,
-                            replay=diag.when == "replay")
+                            replay=diag.when == "replay",
+                            weights_loaded_line=scanner.evidence_lines.get("load_weights_seconds"))
     _advise(diag, scanner, placed, diag.category, root.text, model, step, extra_args, run, chosen.rung)
     return diag
 

@@ -23,6 +23,7 @@ FRAMES_BEFORE = 300  # a worker's traceback is long; its frames precede the exce
 FRAMES_AFTER = 120   # wrappers (EngineCore, API server) print theirs after it
 TAIL_BYTES = 65536
 RELAY_PROCESSES = ("APIServer",)  # it only relays the engine's death
+WEIGHTS_LABEL, KV_LABEL = "loading weights", "profiling / KV cache"  # helpers/signatures.yaml phase labels
 
 
 @dataclass(frozen=True)
@@ -111,9 +112,12 @@ def _placed(rule: PhaseRule, how: str) -> Placed:
 
 
 def classify(log: Path | None, *, line_no: int | None, label: str, ready_line: int | None,
-             replay: bool = False) -> Placed | None:
-    """The phase of a failure at `line_no` (the scanner's phase `label` when it was read)."""
+             replay: bool = False, weights_loaded_line: int | None = None) -> Placed | None:
+    """The phase of a failure at `line_no` (the scanner's phase `label` when it was read;
+    `weights_loaded_line`: the `Loading weights took` line, after which the profile run sizes the KV cache)."""
     book = load()
+    if label == WEIGHTS_LABEL and weights_loaded_line and line_no and line_no > weights_loaded_line:
+        label = KV_LABEL  # the weights were in: what runs next is the profile run that sizes the KV cache
     if line_no and ready_line and line_no > ready_line:
         rule = book.rule("replay" if replay else "first-request")
         return _placed(rule, f"after ready (serve.log line {ready_line})") if rule else None
@@ -128,7 +132,10 @@ def classify(log: Path | None, *, line_no: int | None, label: str, ready_line: i
                 if rule:
                     return _placed(rule, f"traceback frame {function} (serve.log line {number})")
     rule = next((r for r in book.phases if label and label in r.labels), None)
-    return _placed(rule, f"log phase '{label}'") if rule else None
+    if rule:
+        return _placed(rule, f"log phase '{label}'")
+    fallback = book.rule("startup") if line_no else None  # before ready, but no frame or label names the phase
+    return _placed(fallback, f"before ready, last log phase '{label or '?'}'") if fallback else None
 
 
 def classify_stall(log: Path | None, label: str, total: int = 0) -> tuple[Placed | None, int | None, str]:

@@ -81,13 +81,13 @@ class SignOff:
 
 def _why_not(run: Run, accepted: str) -> str:
     """'' when the PASS counts, else why it does not."""
+    mode = mode_of(run)
+    if mode in ISOLATION:
+        return f"{mode} isolates a capability (switches it off): an isolation run never signs off"
     if run.layers.reduced:
         return f"reduced layers ({run.layers.describe()})"
     if has_weight_files(run) is False:
         return "the checkpoint has no weight files: no real weights were served"
-    mode = mode_of(run)
-    if mode in ISOLATION:
-        return f"{mode} isolates a capability (switches it off): an isolation run never signs off"
     if mode and mode != accepted:
         return (f"a fallback mode ({mode}): it signs off only when accepted explicitly "
                 f"({ACCEPT_VARIABLE}={mode})")
