@@ -99,10 +99,18 @@ def stage_cmd(stage: str, step: str | None) -> None:
 @cli.command("capacity")
 def capacity_cmd() -> None:
     """Sweep max-num-seqs at the tested max-model-len (SWEEP, MAX_MODEL_LEN, FORCE): one server
-    start and one concurrent load per cell; capacity.json + capacity.md under RUNS_DIR/<model>/."""
+    start and one concurrent load per cell; capacity.json + capacity.md under RUNS_DIR/<model>/.
+    With CAPACITY_NOT_FEASIBLE: record that reason instead (sign-off needs a result or a reason)."""
     from helpers.capacity import CapacitySweep
+    from helpers.verdict import signoff
 
     settings = _settings()
+    if settings.capacity_not_feasible:  # the engineer's recorded reason, instead of a sweep
+        model = _model(settings, evidence_only=True)
+        path = signoff.record_not_feasible(model.runs_dir, model.name, settings.capacity_not_feasible)
+        click.echo(f"capacity {model.name}: not run; reason recorded for sign-off: "
+                   f"{settings.capacity_not_feasible}\n  evidence: {path}")
+        sys.exit(0)
     sweep = CapacitySweep(settings, _model(settings))
     code = sweep.run()
     _write_junit(settings, [dict(c, step=f"capacity-{c['key']}") for c in sweep.cells

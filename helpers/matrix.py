@@ -278,7 +278,7 @@ def build_matrix(model_runs: Path, model: str, backend: str = "", accepted: str 
 
 def sign_off_summary(model_runs: Path, model: str, accepted: str = "") -> dict[str, Any]:
     """Whether the evidence signs off (helpers/verdict/signoff.py: the one rule of every output)."""
-    return signoff.decide(runs.read_runs(model_runs), model, accepted).to_dict()
+    return signoff.decide(runs.read_runs(model_runs), model, accepted, model_runs).to_dict()
 
 
 def exit_code(data: dict[str, Any]) -> int:

@@ -45,7 +45,7 @@ def build_context(settings: Settings, model: Model, *, docs_kind: str | None = N
     modes = passing_modes(runs)
     stage_a = latest(runs, lambda r: r.step == "stage-a")
     stage_b = latest(runs, lambda r: r.step == "stage-b")
-    decision = signoff.decide(runs, model.name, settings.accept_fallback)
+    decision = signoff.decide(runs, model.name, settings.accept_fallback, model_dir)
     # an accepted fallback is the documented command; a refused one is documented nowhere
     primary = decision.run if decision.ok and decision.mode else modes.primary
     multimodal = bool(triage.get("multimodal")) if triage["present"] else bool(

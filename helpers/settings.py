@@ -182,6 +182,7 @@ class Settings:
     dataset_dir: Path | None = None
     serve_as: str = "documented"
     accept_fallback: str = ""  # a fallback mode the engineer accepts for sign-off (eager | dynamo | xlite)
+    capacity_not_feasible: str = ""  # why the capacity baseline cannot be run (recorded by make capacity)
     delivery_repo: Path | None = None
     model_id: str = ""
     tiny_dir: Path | None = None
@@ -237,6 +238,7 @@ def load(overrides: dict[str, str | None] | None = None) -> Settings:
         serve_as=_choice(values, "SERVE_AS", "documented", ("documented", "base"),
                          "use SERVE_AS=documented (like the documented run) or base (the plain Stage B command)"),
         delivery_repo=_path(values, "DELIVERY_REPO", base),
+        capacity_not_feasible=_text(values, "CAPACITY_NOT_FEASIBLE"),
         accept_fallback=_choice(values, "ACCEPT_FALLBACK", "", ("", "eager", "dynamo", "xlite"),
                                 "use ACCEPT_FALLBACK=eager, dynamo or xlite (text-only isolates, it never signs off)"),
         model_id=_text(values, "MODEL_ID"),

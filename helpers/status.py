@@ -234,11 +234,12 @@ def file_steps(model_runs: Path, now: Now) -> dict[str, Step]:
 
 # --- the checklist ----------------------------------------------------------------------------
 
-def signoff(runs: list[Run], now: Now, model: str = "", accepted: str = "") -> dict[str, Any]:
+def signoff(runs: list[Run], now: Now, model: str = "", accepted: str = "",
+            model_dir: Path | None = None) -> dict[str, Any]:
     """The one sign-off rule (helpers/verdict/signoff.py), and the signing run must still be fresh."""
-    decision = decide(runs, model, accepted)
+    decision = decide(runs, model, accepted, model_dir)
     record = {"possible": False, "run_dir": None, "step": None, "reason": decision.missing, "mode": decision.mode,
-              "gives_up": decision.gives_up}
+              "gives_up": decision.gives_up, "capacity": decision.capacity}
     if decision.run is None:
         return record
     run = decision.run
@@ -270,7 +271,8 @@ def next_command(steps: dict[str, Step], sign: dict[str, Any], model_arg: str, r
         why = "; ".join(changes.stale) or changes.note or "the implementation roots have changes nobody checked"
         return {"command": f"make changes {arg}", "why": why}
     stage_a, stage_b = steps["stage-a"], steps["stage-b"]
-    if not sign["possible"]:
+    only_capacity = (sign.get("capacity") or {}).get("status") == "missing" and "no capacity result" in sign["reason"]
+    if not sign["possible"] and not only_capacity:  # a missing capacity result is reached below, in order
         if stage_b.verdict == "FAIL" and not stage_b.stale:
             command = failed_next(stage_b) or f"make ladder {arg}"
             return {"command": command, "why": f"Stage B failed: {stage_b.note}"}
@@ -308,7 +310,7 @@ def collect(settings: Settings, model: Model) -> dict[str, Any]:
     clock = time.time()
     for step in steps.values():
         step.age = age_text(step.when, clock)
-    sign = signoff(runs, now, model.name, settings.accept_fallback)
+    sign = signoff(runs, now, model.name, settings.accept_fallback, model.runs_dir)
     seen = first_seen_heads(model.runs_dir)
     # code changed in a root since this model's first run (or uncommitted there): `make changes`
     roots_changed = any(root["git"] and (root["dirty"] or root["head"] != seen.get(root["path"], root["head"]))

@@ -16,12 +16,37 @@ from pathlib import Path
 from typing import Any
 
 from helpers import checkpoint as ckpt
+from helpers import evidence as ev
 from helpers.runs import Run, is_serving_run, latest
 
 # The fallback modes an engineer may accept (ACCEPT_FALLBACK), and what each gives up.
 ACCEPTABLE = {"eager": "aclgraph", "dynamo": "aclgraph", "xlite": "aclgraph"}
 ISOLATION = ("text-only",)
 ACCEPT_VARIABLE = "ACCEPT_FALLBACK"
+NOT_FEASIBLE_FILE = "capacity-not-feasible.json"  # `make capacity CAPACITY_NOT_FEASIBLE=why` (workflow item 104)
+
+
+def record_not_feasible(model_dir: Path, model: str, reason: str) -> Path:
+    """Record why the capacity baseline cannot be run (a quality gate of sign-off)."""
+    path = Path(model_dir) / NOT_FEASIBLE_FILE
+    ev.atomic_write_json(path, {"model": model, "reason": reason, "recorded_at": ev.utc_iso()})
+    return path
+
+
+def capacity_state(model_dir: Path | None) -> dict[str, Any]:
+    """The capacity quality gate: a capacity.json with a finished cell, else a recorded reason why not."""
+    if model_dir is None:
+        return {"status": "unchecked", "source": None, "reason": None}
+    for name, status in (("capacity.json", "measured"), (NOT_FEASIBLE_FILE, "not-feasible")):
+        try:
+            data = ev.read_json(Path(model_dir) / name)
+        except (OSError, ValueError):
+            continue
+        if status == "measured" and any(c.get("verdict") == "PASS" for c in data.get("cells") or []):
+            return {"status": status, "source": str(Path(model_dir) / name), "reason": data.get("headline")}
+        if status == "not-feasible" and data.get("reason"):
+            return {"status": status, "source": str(Path(model_dir) / name), "reason": data["reason"]}
+    return {"status": "missing", "source": None, "reason": None}
 
 
 def mode_of(run: Run) -> str | None:
@@ -58,6 +83,7 @@ class SignOff:
     mode: str | None = None
     accepted: str = ""
     gives_up: list[dict[str, Any]] = field(default_factory=list)
+    capacity: dict[str, Any] = field(default_factory=dict)
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every Stage B PASS and why it does (not) count
 
     @property
@@ -76,7 +102,7 @@ class SignOff:
         return {"ok": self.ok, "run_dir": str(self.run.run_dir) if self.run else None,
                 "step": self.run.step if self.run else None, "mode": self.mode, "accepted": self.accepted or None,
                 "missing": self.missing or None, "gives_up": self.gives_up, "headline": self.headline,
-                "candidates": self.candidates}
+                "capacity": self.capacity, "candidates": self.candidates}
 
 
 def _why_not(run: Run, accepted: str) -> str:
@@ -107,8 +133,21 @@ def given_up(runs: list[Run], mode: str) -> list[dict[str, Any]]:
              "reason": (failed.data.get("reason") if failed else f"given up by the accepted fallback {mode}")}]
 
 
-def decide(runs: list[Run], model: str, accepted: str = "") -> SignOff:
-    """The sign-off of a model from its recorded runs (oldest first); `accepted` is ACCEPT_FALLBACK."""
+def decide(runs: list[Run], model: str, accepted: str = "", model_dir: Path | None = None) -> SignOff:
+    """The sign-off of a model from its recorded runs (oldest first); `accepted` is ACCEPT_FALLBACK;
+    with `model_dir`, the capacity quality gate too (a result, or a recorded reason why not)."""
+    decision = _decide_run(runs, model, accepted)
+    decision.capacity = capacity_state(model_dir)
+    if decision.ok and decision.capacity["status"] == "missing":
+        return SignOff(False, None, (f"sign-off refused for {model}: {decision.run.run_dir if decision.run else ''} "
+                                     "passed, but there is no capacity result and no recorded reason why not; run "
+                                     f"`make capacity MODEL={model}`, or record why it is not feasible with "
+                                     f"`make capacity MODEL={model} CAPACITY_NOT_FEASIBLE=\"<why>\"`"),
+                       capacity=decision.capacity, candidates=decision.candidates)
+    return decision
+
+
+def _decide_run(runs: list[Run], model: str, accepted: str = "") -> SignOff:
     accepted = (accepted or "").strip()
     passing = [r for r in runs if is_serving_run(r) and r.verdict == "PASS"]
     candidates = [{"run_dir": str(r.run_dir), "step": r.step, "mode": mode_of(r), "refused": _why_not(r, accepted)}

@@ -55,7 +55,9 @@ def test_an_eager_only_pass_signs_off_only_when_that_fallback_is_accepted(bench)
     stage_b = bench.evidence(model, "stage-b")
     assert graph["decided_by"]["run_dir"] == stage_b["run_dir"] and graph["line_no"] == stage_b["root_cause"]["line_no"]
     assert eager_cell["status"] == "PASS" and eager_cell["decided_by"]["run_dir"] == eager["run_dir"]
-    # accepted: every output signs off in that mode, documents it and names what it gave up
+    # accepted (and the capacity quality gate answered with a recorded reason): every output signs
+    # off in that mode, documents it and names what it gave up
+    assert bench.make("capacity", env, model, "CAPACITY_NOT_FEASIBLE=replayed box").returncode == 0
     accept = "ACCEPT_FALLBACK=eager"
     report, matrix = report_and_matrix(bench, env, model, accept)
     assert report.returncode == 0, report.stdout + report.stderr
@@ -92,6 +94,9 @@ def test_flashcomm1_accepted_without_a_runtime_line_is_not_pass_anywhere(bench):
     record = bench.evidence(model, "flashcomm1")
     assert (record["verdict"], record["category"]) == ("ACCEPTED", "accepted-no-evidence")
     assert bench.passes("stage-b", env, model)["verdict"] == "PASS"
+    report, matrix = report_and_matrix(bench, env, model)
+    assert failed_with(report, 1) and "no capacity result" in report.stderr  # workflow item 104
+    assert bench.make("capacity", env, model, "CAPACITY_NOT_FEASIBLE=replayed box").returncode == 0
     report, matrix = report_and_matrix(bench, env, model)
     cell = matrix["features"]["flashcomm1"]
     assert (cell["status"], cell["category4"]) == ("ACCEPTED", "accepted-unverified")

@@ -107,7 +107,9 @@ def test_absent_inputs_render_as_not_run(runs, tmp_path):
     for name in ("triage.json", "capacity.json"):
         (runs / "tiny-qwen2" / name).unlink()
     (runs / "tiny-qwen2" / "latest-accuracy").unlink()
-    out, result = report(runs, "tiny-qwen2", tmp_path)
+    # without capacity.json (and no recorded reason why not) the evidence does not sign off
+    out, result = report(runs, "tiny-qwen2", tmp_path, signs_off=False)
+    assert "no capacity result" in result.stderr
     text = (out / "report.zh.md").read_text(encoding="utf-8")
     assert "triage.json 未运行" in text
     assert "capacity.json 未运行" in text
