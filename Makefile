@@ -89,7 +89,7 @@ dynamo-fallback: setup ## Isolation: TORCHDYNAMO_DISABLE=1 (with VLLM_USE_AOT_CO
 text-only: setup ## Isolation for VL models: --limit-mm-per-prompt with every modality at 0
 	@scripts/gate.sh text-only
 
-ladder: setup ## Fallback ladder: reproduce, xlite, eager, dynamo-disable, text-only; stops at the first PASS
+ladder: setup ## Fallback ladder: reproduce, xlite, graph-keeping, eager, dynamo-disable, text-only; stops at the first PASS
 	@scripts/ladder.sh
 
 diagnose: setup ## Read a server log (LOG=path): verdict, root-cause line, hint, next ladder rung
@@ -102,7 +102,7 @@ capacity: setup ## Capacity: baseline max-model-len x max-num-seqs, SWEEP cells,
 accuracy: setup ## Accuracy with lm-eval (TASKS, NUM_FEWSHOT, LIMIT, DATASET_DIR) -> accuracy.json
 	@scripts/accuracy.sh
 
-report: setup ## Render report.zh.md, runbook.zh.md, e2e YAML, tutorial, issue comment; exit 1 without a full-layer Stage B PASS
+report: setup ## Render report.zh.md, runbook.zh.md, e2e YAML, tutorial, issue comment; exit 1 unless the evidence signs off
 	@scripts/report.sh
 
 deliver: setup ## One signed commit in DELIVERY_REPO: model code (changes.json), YAML, tutorial, nav; vLLM patch exported

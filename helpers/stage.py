@@ -277,10 +277,21 @@ class StageRun:
                              else cause.to_dict() if cause else None)
         server_side = dead_after_ready or late_failures or any(
             r.status is None or (r.status or 0) >= 500 for r in bad)
-        if server_side:
+        served = {r.kind for r in results if r.ok}
+        if bad and not dead_after_ready and {"text", "stream"} <= served and all(
+                r.kind == "image" and (r.status is None or r.status >= 500) for r in bad):
+            # alive and serving text: the image path failed (processor or vision encoder), not the start
+            rec["category"] = "image-request-failed"
+            rec["reason"] = ("the server serves text and streaming; the image request failed: "
+                             + "; ".join(f"{r.status or 'no reply'} {r.error[:160]}" for r in bad))
+        elif server_side:
             rec["category"] = "false-ready"
-            what = "; ".join(f"{r.kind}: {r.error}" for r in bad) or "server died after ready"
-            rec["reason"] = f"false-ready: started and answered /v1/models, then failed on requests ({what})"
+            # the replies' statuses only: the reply bodies quote wrappers; the root-cause line says why
+            what = "; ".join(f"{r.kind}: {r.error if r.status is None else f'HTTP {r.status}'}"
+                             for r in bad) or "server died after ready"
+            cause = rec.get("root_cause") or {}
+            where = f"; root cause at serve.log line {cause['line_no']}" if cause.get("line_no") else ""
+            rec["reason"] = f"false-ready: started and answered /v1/models, then failed on requests ({what}){where}"
         elif any("empty output" in r.error for r in bad):
             rec["category"] = "empty-output"
             rec["reason"] = "requests answered 200 without text: " + "; ".join(f"{r.kind}: {r.error}" for r in bad)

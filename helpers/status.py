@@ -22,6 +22,7 @@ from helpers.model import Model, checkpoint_fingerprint
 from helpers.runs import Run, dig, first_seen_heads, read_runs
 from helpers.settings import Settings
 from helpers.triage import IN_PROCESS
+from helpers.verdict.nextstep import finish
 from helpers.verdict.signoff import decide
 
 SCHEMA = 1
@@ -206,9 +207,12 @@ def file_steps(model_runs: Path, now: Now) -> dict[str, Step]:
     if record is not None:
         cells = record.get("cells") or [{}]
         when = record.get("generated_at")
+        # a cell's own evidence records the context and versions it ran with: roots and versions stale it too
+        cell = next((_read(Path(c["run_dir"]) / "evidence.json") for c in cells if c.get("run_dir")), None) or {}
         steps["capacity"] = Step("capacity", cells[0].get("verdict") or "?", when, str(model_runs / "capacity.json"),
-                                 stale_reasons(now, when=when, context=None, model_path=record.get("model_path"),
-                                               versions=None), str(record.get("headline") or "")[:120])
+                                 stale_reasons(now, when=cell.get("started_at") or when, context=cell.get("context"),
+                                               model_path=record.get("model_path") or cell.get("model_path"),
+                                               versions=cell.get("versions")), str(record.get("headline") or "")[:120])
     record = _read(model_runs / "latest-accuracy" / "accuracy.json")
     if record is not None:
         when = record.get("finished_at") or record.get("started_at")
@@ -316,6 +320,7 @@ def collect(settings: Settings, model: Model) -> dict[str, Any]:
     roots_changed = any(root["git"] and (root["dirty"] or root["head"] != seen.get(root["path"], root["head"]))
                         for root in now.roots.values())
     upcoming = next_command(steps, sign, settings.model or model.name, roots_changed, runs, settings)
+    upcoming["command"] = finish(upcoming["command"], given=settings.given, stage="b")  # the user's variables along
     return {"schema": SCHEMA, "generated_at": ev.utc_iso(), "model": model.name, "runs_dir": str(model.runs_dir),
             "steps": [asdict(s) for s in steps.values()], "signoff": sign, "next": upcoming,
             "now": {"model_path": now.model_path, "checkpoint": now.fingerprint, "roots": now.roots,
@@ -329,8 +334,8 @@ def render_table(record: dict[str, Any]) -> str:
         where = Path(step["run_dir"]).name if step["run_dir"] else "-"
         lines.append(f"  {step['step']:11s} {step['verdict']:18s} {step['age'] or '-':6s} {where}"
                      + (f"  {step['note']}" if step["note"] else ""))
-        for reason in step["stale"]:
-            lines.append(f"  {'':11s} STALE: {reason}")
+        if step["stale"]:  # one line per step, however many inputs changed
+            lines.append(f"  {'':11s} STALE: {'; '.join(step['stale'])}")
     sign = record["signoff"]
     lines.append(f"sign-off: {'possible' if sign['possible'] else 'not yet'}: {sign['reason']}")
     if record["now"]["versions_note"]:

@@ -63,7 +63,8 @@ def test_vl_stage_sends_a_png_data_url_and_passes_on_200_with_text(runs_dir, vl_
 
 @pytest.mark.parametrize("mode, category, text", [
     ("empty", "empty-output", "image: empty output"),
-    ("error-500", "false-ready", "fake processor failure"),
+    # the server stays up and serves text: the image path failed, the start was no false ready
+    ("error-500", "image-request-failed", "fake processor failure"),
 ])
 def test_vl_stage_fails_when_the_image_request_fails(runs_dir, vl_model, mode, category, text):
     result = run_cli(["stage", "--stage", "a"], fake_env(runs_dir, vl_model, FAKE_IMAGE=mode))
