@@ -90,10 +90,23 @@ def stage_cmd(stage: str, step: str | None) -> None:
     from helpers.stage import StageRequest, StageRun
 
     settings = _settings()
-    run = StageRun(settings, _model(settings), StageRequest(step=step or f"stage-{stage}", stage=stage))
+    model = _model(settings)
+    run = StageRun(settings, model, StageRequest(step=step or f"stage-{stage}", stage=stage))
     code = run.run()
     _write_junit(settings, [run.record])
+    _say_sign_off(settings, model, stage)
     sys.exit(code)
+
+
+def _say_sign_off(settings, model, stage: str) -> None:
+    """After a real-weight run, the console says what status, matrix and report say (one rule)."""
+    if stage != "b":
+        return
+    from helpers.runs import read_runs
+    from helpers.verdict import signoff
+
+    decision = signoff.decide(read_runs(model.runs_dir), model.name, settings.accept_fallback, model.runs_dir)
+    click.echo(f"sign-off: {decision.headline}")
 
 
 @cli.command("capacity")
@@ -315,8 +328,11 @@ def gate_cmd(name: str) -> None:
     from helpers import gates
 
     settings = _settings()
-    code, record = gates.run_gate(settings, _model(settings), name)
+    model = _model(settings)
+    code, record = gates.run_gate(settings, model, name)
     _write_junit(settings, [record])
+    if record.get("server_started") is not False:
+        _say_sign_off(settings, model, settings.stage)
     sys.exit(code)
 
 
@@ -326,8 +342,10 @@ def ladder_cmd() -> None:
     from helpers import ladder
 
     settings = _settings()
-    code, summary = ladder.run_ladder(settings, _model(settings))
+    model = _model(settings)
+    code, summary = ladder.run_ladder(settings, model)
     _write_junit(settings, summary.get("records", []))
+    _say_sign_off(settings, model, settings.stage)
     sys.exit(code)
 
 
