@@ -91,6 +91,7 @@ def _sizes(argv: list[str], args: dict[str, Any]) -> dict[str, str]:
 
     utilisation = number("--gpu-memory-utilization", "gpu_memory_utilization", 0.9)
     return {"gpu_memory_utilization": f"{max(0.5, round(utilisation - 0.05, 2)):g}",
+            "gpu_memory_utilization_up": f"{min(0.98, round(utilisation + 0.05, 2)):g}",
             "max_num_seqs": str(max(1, int(number("--max-num-seqs", "max_num_seqs", 16)) // 2)),
             "tp": str(2 * int(number("--tensor-parallel-size", "tensor_parallel_size", 1)))}
 

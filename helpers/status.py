@@ -243,7 +243,7 @@ def signoff(runs: list[Run], now: Now, model: str = "", accepted: str = "",
     """The one sign-off rule (helpers/verdict/signoff.py), and the signing run must still be fresh."""
     decision = decide(runs, model, accepted, model_dir)
     record = {"possible": False, "run_dir": None, "step": None, "reason": decision.missing, "mode": decision.mode,
-              "gives_up": decision.gives_up, "capacity": decision.capacity}
+              "gives_up": decision.gives_up, "capacity": decision.capacity, "blocked_by": decision.blocked_by}
     if decision.run is None:
         return record
     run = decision.run
@@ -275,7 +275,7 @@ def next_command(steps: dict[str, Step], sign: dict[str, Any], model_arg: str, r
         why = "; ".join(changes.stale) or changes.note or "the implementation roots have changes nobody checked"
         return {"command": f"make changes {arg}", "why": why}
     stage_a, stage_b = steps["stage-a"], steps["stage-b"]
-    only_capacity = (sign.get("capacity") or {}).get("status") == "missing" and "no capacity result" in sign["reason"]
+    only_capacity = sign.get("blocked_by") == "capacity"
     if not sign["possible"] and not only_capacity:  # a missing capacity result is reached below, in order
         if stage_b.verdict == "FAIL" and not stage_b.stale:
             command = failed_next(stage_b) or f"make ladder {arg}"

@@ -43,6 +43,7 @@ class Advice:
     hint_zh: str
     memory: bool = False
     categories: tuple[str, ...] = ()
+    match: re.Pattern | None = None
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ def load(path: str = str(PHASES_PATH)) -> PhaseBook:
     phases = tuple(PhaseRule(str(p["id"]), str(p["name"]), tuple(p.get("frames") or ()), tuple(p.get("labels") or ()),
                              re.compile(p["last_line"]) if p.get("last_line") else None) for p in data["phases"])
     advice = tuple(Advice(str(a["phase"]), str(a["rung"]), str(a["hint_en"]), str(a["hint_zh"]), bool(a.get("memory")),
-                          tuple(a.get("categories") or ())) for a in data["advice"])
+                          tuple(a.get("categories") or ()), re.compile(a["match"]) if a.get("match") else None)
+                   for a in data["advice"])
     return PhaseBook(phases, advice, re.compile(data["memory_text"]))
 
 
@@ -154,8 +156,12 @@ def advise(placed: Placed | None, category: str | None, root_text: str) -> Advic
         return None
     book = load()
     memory = bool(root_text and book.memory_text.search(root_text)) or category == "oom"
-    for advice in load().advice:
-        if advice.phase != placed.phase:
+    for advice in book.advice:
+        if advice.phase not in (placed.phase, "any"):
+            continue
+        if advice.match is not None:
+            if root_text and advice.match.search(root_text):
+                return advice
             continue
         if (advice.memory and memory) or (category and category in advice.categories):
             return advice

@@ -84,6 +84,7 @@ class SignOff:
     accepted: str = ""
     gives_up: list[dict[str, Any]] = field(default_factory=list)
     capacity: dict[str, Any] = field(default_factory=dict)
+    blocked_by: str = ""  # "capacity": the run signs off, the capacity quality gate is still open
     candidates: list[dict[str, Any]] = field(default_factory=list)  # every Stage B PASS and why it does (not) count
 
     @property
@@ -102,7 +103,7 @@ class SignOff:
         return {"ok": self.ok, "run_dir": str(self.run.run_dir) if self.run else None,
                 "step": self.run.step if self.run else None, "mode": self.mode, "accepted": self.accepted or None,
                 "missing": self.missing or None, "gives_up": self.gives_up, "headline": self.headline,
-                "capacity": self.capacity, "candidates": self.candidates}
+                "capacity": self.capacity, "blocked_by": self.blocked_by or None, "candidates": self.candidates}
 
 
 def _why_not(run: Run, accepted: str) -> str:
@@ -143,7 +144,7 @@ def decide(runs: list[Run], model: str, accepted: str = "", model_dir: Path | No
                                      "passed, but there is no capacity result and no recorded reason why not; run "
                                      f"`make capacity MODEL={model}`, or record why it is not feasible with "
                                      f"`make capacity MODEL={model} CAPACITY_NOT_FEASIBLE=\"<why>\"`"),
-                       capacity=decision.capacity, candidates=decision.candidates)
+                       capacity=decision.capacity, blocked_by="capacity", candidates=decision.candidates)
     return decision
 
 

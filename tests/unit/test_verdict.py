@@ -71,3 +71,12 @@ def test_the_innermost_phase_frame_decides_and_memory_gets_that_phases_fix(tmp_p
     assert placed.phase == "first-request" and phase.advise(placed, "false-ready", "EL0004: ...").rung == "fewer-sequences"
     # the weights were in and nothing else was logged: the profile run that sizes the KV cache
     assert phase.classify(None, line_no=40, label="loading weights", ready_line=None, weights_loaded_line=30).phase == "kv-cache"
+
+
+def test_no_room_for_any_cache_block_asks_for_a_larger_budget_not_a_shorter_length():
+    placed = phase.Placed("kv-cache", "KV-cache allocation", "log phase")
+    text = "ValueError: No available memory for the cache blocks. Try increasing `gpu_memory_utilization`"
+    advice = phase.advise(placed, "kv-too-small", text)
+    assert advice.rung == "raise-gpu-memory-utilization" and "MAX_MODEL_LEN" not in advice.hint_en
+    # the estimate case keeps its own fix: the length vLLM says fits
+    assert phase.advise(placed, "kv-too-small", "the estimated maximum model length is 3968") is None
