@@ -137,7 +137,9 @@ class Run:
             "no_server": d.get("server_started") is False,
             "root_cause": ({"line_no": cause.get("line_no"), "text": cause.get("text"),
                             "sig_id": cause.get("sig_id"), "category": cause.get("category")} if cause else None),
-            "hint_zh": first_hint,
+            # the diagnosis' advice (by failure phase) before the first signature's, which may be a wrapper's
+            "hint_zh": dig(d, "diagnosis", "hint_zh") or first_hint,
+            "next_command": dig(d, "diagnosis", "next_command"),
             "ready_s": dig(d, "timings", "start_to_ready_s"),
             "graph": d.get("graph") or {},
             "requests": [{"kind": r.get("kind"), "ok": r.get("ok"), "status": r.get("status"),
