@@ -253,7 +253,10 @@ class StageRun:
             if category in (None, "false-ready"):  # never ready: a startup failure, not a false-ready
                 category = {"stalled": "stalled", "timeout": "timeout"}.get(outcome.state, "startup")
             rec["verdict"], rec["category"] = "FAIL", category
-            rec["reason"] = f"server never became ready: {outcome.state} ({outcome.detail})"
+            detail = outcome.detail
+            if outcome.state == "fatal" and cause:  # the first failure line may be a wrapper: name the root cause
+                detail = f"line {cause['line_no']}: {cause['text']}"
+            rec["reason"] = f"server never became ready: {outcome.state} ({detail})"
             estimate = self.scanner.evidence.get("estimated_max_model_len")
             if category == "kv-too-small" and estimate:
                 length = self.defaults["max_model_len"]
