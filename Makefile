@@ -7,6 +7,9 @@ MAKEFLAGS += --no-print-directory
 # Values are data: take them verbatim (no make or shell expansion) and hand them to the scripts
 # through the environment, never through recipe text.
 VARS := $(shell sed -n 's/^\([A-Z][A-Z0-9_]*\) *?=.*/\1/p' env.example)
+# The variables given on make's command line, by name: a `next:` command carries them (before the
+# line below turns every given one into an override).
+export BRINGUP_GIVEN := $(strip $(foreach v,$(VARS),$(if $(filter command line,$(origin $v)),$v)))
 $(foreach v,$(VARS),$(if $(filter command line environment override,$(origin $v)),$(eval override $v := $$(value $v))))
 # Only variables that are set: an exported empty value would override env.example's default.
 export $(foreach v,$(VARS),$(if $(filter undefined,$(origin $v)),,$v))
@@ -98,7 +101,7 @@ dynamo-fallback: setup ## Isolation: TORCHDYNAMO_DISABLE=1 (with VLLM_USE_AOT_CO
 text-only: setup ## Isolation for VL models: --limit-mm-per-prompt with every modality at 0
 	@scripts/gate.sh text-only
 
-ladder: setup ## Fallback ladder: reproduce, xlite, eager, dynamo-disable, text-only; stops at the first PASS
+ladder: setup ## Fallback ladder: reproduce, xlite, graph-keeping, eager, dynamo-disable, text-only; stops at the first PASS
 	@scripts/ladder.sh
 
 diagnose: setup ## Read a server log (LOG=path): verdict, root-cause line, hint, next ladder rung
@@ -111,7 +114,7 @@ capacity: setup ## Capacity: baseline max-model-len x max-num-seqs, SWEEP cells,
 accuracy: setup ## Accuracy with lm-eval (TASKS, NUM_FEWSHOT, LIMIT, DATASET_DIR) -> accuracy.json
 	@scripts/accuracy.sh
 
-report: setup ## Render report.zh.md, runbook.zh.md, e2e YAML, tutorial, issue comment; exit 1 without a full-layer Stage B PASS
+report: setup ## Render report.zh.md, runbook.zh.md, e2e YAML, tutorial, issue comment; exit 1 unless the evidence signs off
 	@scripts/report.sh
 
 deliver: setup ## One signed commit in DELIVERY_REPO: model code (changes.json), YAML, tutorial, nav; vLLM patch exported

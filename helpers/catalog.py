@@ -15,6 +15,7 @@ from typing import Any, Iterable
 import yaml
 
 from helpers import ascend_facts
+from helpers.verdict.nextstep import double_quoted, merge_args, quote_word, split_words
 
 CATALOG_PATH = Path(__file__).with_name("signatures.yaml")
 SEVERITIES = ("info", "evidence", "failure")
@@ -214,9 +215,6 @@ def build_catalog(data: dict[str, Any], where: str, facts: dict[str, Any] | None
     return Catalog(tuple(signatures), phases, stops, ignored, extractors, gates, rungs, graph, notes)
 
 
-def double_quoted(text: str) -> str:
-    """A shell double-quoted word (what a person types: EXTRA_ARGS="--flag '{...}'")."""
-    return '"' + "".join("\\" + c if c in '"\\$`' else c for c in text) + '"'
 
 
 def fill_rung(entry: dict[str, Any], values: dict[str, Any], extra_args: str = "",
@@ -226,7 +224,8 @@ def fill_rung(entry: dict[str, Any], values: dict[str, Any], extra_args: str = "
     A context-parallel run (pcp x dcp > 1) takes the rung's `context_parallel` variant."""
     if context_parallel > 1 and entry.get("context_parallel"):
         entry = {**entry, **entry["context_parallel"]}
-    extra = " ".join(part for part in (extra_args.strip(), str(entry.get("extra_args") or "")) if part)
+    # each flag once: the run's own EXTRA_ARGS merged with the rung's (JSON options key by key)
+    extra = " ".join(quote_word(w) for w in merge_args(split_words(extra_args), split_words(str(entry.get("extra_args") or ""))))
     filled = {**{k: str(v) for k, v in values.items()}, "extra_args": double_quoted(extra)}
 
     def fill(text: str) -> str:

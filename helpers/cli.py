@@ -107,7 +107,19 @@ def stage_cmd(stage: str, step: str | None, features: str | None, result: Path |
     code = run.run()
     write_result(result, run.record)
     _write_junit(settings, [run.record])
+    _say_sign_off(settings, model, stage)
     sys.exit(code)
+
+
+def _say_sign_off(settings, model, stage: str) -> None:
+    """After a real-weight run, the console says what status, matrix and report say (one rule)."""
+    if stage != "b":
+        return
+    from helpers.runs import read_runs
+    from helpers.verdict import signoff
+
+    decision = signoff.decide(read_runs(model.runs_dir), model.name, settings.accept_fallback, model.runs_dir)
+    click.echo(f"sign-off: {decision.headline}")
 
 
 @cli.command("capacity")
@@ -116,11 +128,19 @@ def stage_cmd(stage: str, step: str | None, features: str | None, result: Path |
 def capacity_cmd(cells_only: bool, result: Path | None) -> None:
     """Sweep max-num-seqs at the tested max-model-len (SWEEP, MAX_MODEL_LEN, FORCE): one server
     start and one concurrent load per cell (at once on disjoint NPU groups: PARALLEL);
-    capacity.json + capacity.md under RUNS_DIR/<model>/."""
+    capacity.json + capacity.md under RUNS_DIR/<model>/.
+    With CAPACITY_NOT_FEASIBLE: record that reason instead (sign-off needs a result or a reason)."""
     from helpers.capacity import CapacitySweep
     from helpers.starts.runset import write_result
+    from helpers.verdict import signoff
 
     settings = _settings()
+    if settings.capacity_not_feasible:  # the engineer's recorded reason, instead of a sweep
+        model = _model(settings, evidence_only=True)
+        path = signoff.record_not_feasible(model.runs_dir, model.name, settings.capacity_not_feasible)
+        click.echo(f"capacity {model.name}: not run; reason recorded for sign-off: "
+                   f"{settings.capacity_not_feasible}\n  evidence: {path}")
+        sys.exit(0)
     sweep = CapacitySweep(settings, _model(settings))
     sweep.cells_only = cells_only
     code = sweep.run()
@@ -289,7 +309,7 @@ def report_cmd(out: Path | None) -> None:
             raise UsageError(f"DELIVERY_REPO={str(settings.delivery_repo)!r} is not a directory",
                              "point it at a vllm-ascend checkout")
         docs = detect_docs_system(settings.delivery_repo)
-    matrix.write_matrix(model, settings.backend)
+    matrix.write_matrix(model, settings.backend, settings.accept_fallback)
     result = render_all(settings, model, out_dir=out, docs_kind=docs.kind if docs else None)
     for line in result.summary_lines():
         click.echo(line)
@@ -308,7 +328,7 @@ def deliver_cmd() -> None:
     settings = _settings()
     model = _model(settings, evidence_only=True)
     delivery = deliver.prepare(settings, model)
-    matrix.write_matrix(model, settings.backend)
+    matrix.write_matrix(model, settings.backend, settings.accept_fallback)
     rendered = render_all(settings, model, docs_kind=delivery.docs.kind)
     lines = deliver.commit(delivery, rendered.files, rendered.signed_off, rendered.missing, rendered.evidence)
     again = render_all(settings, model, docs_kind=delivery.docs.kind)  # now with the commit hash
@@ -332,9 +352,12 @@ def gate_cmd(name: str, result: Path | None) -> None:
     settings = _settings()
     from helpers.starts.runset import write_result
 
-    code, record = gates.run_gate(settings, _model(settings), name)
+    model = _model(settings)
+    code, record = gates.run_gate(settings, model, name)
     write_result(result, record)
     _write_junit(settings, [record])
+    if record.get("server_started") is not False:
+        _say_sign_off(settings, model, settings.stage)
     sys.exit(code)
 
 
@@ -344,8 +367,10 @@ def ladder_cmd() -> None:
     from helpers import ladder
 
     settings = _settings()
-    code, summary = ladder.run_ladder(settings, _model(settings))
+    model = _model(settings)
+    code, summary = ladder.run_ladder(settings, model)
     _write_junit(settings, summary.get("records", []))
+    _say_sign_off(settings, model, settings.stage)
     sys.exit(code)
 
 
@@ -357,7 +382,8 @@ def matrix_cmd(exit_code: bool) -> None:
     from helpers import matrix
 
     settings = _settings()
-    data, json_path, md_path = matrix.write_matrix(_model(settings, evidence_only=True), settings.backend)
+    data, json_path, md_path = matrix.write_matrix(_model(settings, evidence_only=True), settings.backend,
+                                                     settings.accept_fallback)
     click.echo(matrix.render_terminal(data))
     click.echo(f"matrix: {json_path}\n        {md_path}")
     if exit_code:

@@ -303,7 +303,7 @@ def load_specs(path: Path | None = None) -> dict[str, GateSpec]:
             for name, entry in (data.get("gates") or {}).items()}
 
 
-WHEN = ("always", "dynamo-related", "multimodal", "supported")
+WHEN = ("always", "dynamo-related", "multimodal", "supported", "graph-fault")
 
 
 @dataclass
@@ -316,6 +316,8 @@ class Rung:
     gate: str | None = None
     variant: Variant = field(default_factory=Variant)
     feature: str | None = None  # set from the gate: the feature rule a `supported` rung asks
+    flags: list[str] = field(default_factory=list)  # a rung's own switch when no gate has it
+    isolates: str = ""  # an isolation rung: what its PASS isolates (never "fixed by")
 
 
 @dataclass
@@ -340,5 +342,7 @@ def load_ladder(path: Path | None = None, gates: dict[str, GateSpec] | None = No
                                  "or a feature gate with when: supported")
             rung.variant = spec.variant(rung.id)
             rung.feature = spec.feature
+        elif rung.flags:
+            rung.variant = Variant(name=rung.id, flags=list(rung.flags), env={})
         rungs.append(rung)
     return LadderSpec(rungs=rungs, dynamo_related=re.compile(data.get("dynamo_related") or r"dynamo"))

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from helpers import profiles
+from helpers import ascend_facts, profiles
 from helpers import evidence as ev
 from helpers import features as feature_rules
-from helpers.errors import EXIT_PASS, UsageError
+from helpers.errors import EXIT_FAIL, EXIT_PASS, UsageError
 from helpers.features import GateSpec, load_specs
 from helpers.catalog import load_catalog
 from helpers.model import Model
@@ -27,8 +27,18 @@ from helpers.stage import StageRequest, StageRun
 from helpers.triage import TriageFacts, current_facts
 
 NO_RUN_VERDICTS = ("NOT_APPLICABLE", "CHECKPOINT_MISSING", "FRAMEWORK_UNSUPPORTED")
+# A server that took a feature's option but logs nothing when it takes effect: not PASS, not FAIL.
+ACCEPTED = "ACCEPTED"
+PREDICTED = "predicted-refusal"  # the category of a FAIL decided from versions and the plan, no start
+FLASHCOMM_TP_FACT = "flashcomm1-tp-requirement"
 # The signature whose line proves flashcomm1 is gone from the installed vllm-ascend.
 FLASHCOMM_REMOVED_SIGNATURE = "flashcomm-deprecated"
+
+
+def data_parallel_size(extra_args: str) -> int:
+    """--data-parallel-size / -dp N in EXTRA_ARGS (1 when absent)."""
+    match = re.search(r"(?:--data-parallel-size|-dp)[= ](\d+)", extra_args or "")
+    return int(match.group(1)) if match else 1
 
 
 def gate_names() -> list[str]:
@@ -59,6 +69,7 @@ class GateContext:
     facts: TriageFacts
     runs_dir: Path  # RUNS_DIR/<model>
     user_tp: int | None = None
+    data_parallel: int = 1  # --data-parallel-size in EXTRA_ARGS
 
 
 def _triage_evidence(ctx: GateContext, assessment: dict[str, Any] | None) -> dict[str, Any]:
@@ -132,10 +143,30 @@ def decide_flashcomm1(spec: GateSpec, ctx: GateContext) -> GateDecision:
         return decision
     if decision.verdict is None:
         tp = ctx.user_tp or ctx.facts.facts.get("tp") or 1
+        version = ctx.facts.versions.get("vllm-ascend")
+        fact = ascend_facts.get(FLASHCOMM_TP_FACT)
+        if int(tp) <= 1 and fact.holds_for(version):
+            # the installed version refuses it: a start would only record the refusal
+            refused = _no_run(spec, ctx, "FAIL", (
+                f"predicted refusal, no server started: vllm-ascend {version} refuses flashcomm1 at TP={tp} "
+                f"(`... is only supported when tp_size > 1`; fact {FLASHCOMM_TP_FACT}: {fact.source[0]}); "
+                "rerun with TP=2 or more"), assessment)
+            refused.variant = decision.variant
+            return refused
         if int(tp) <= 1:
             decision.reason += ("; note: TP=1 - vllm-ascend refuses flashcomm1 when tp_size is 1 "
                                 "(`... is only supported when tp_size > 1`, worded by version: "
-                                "fact flashcomm1-tp-requirement)")
+                                f"fact {FLASHCOMM_TP_FACT})")
+    return decision
+
+
+def decide_ep(spec: GateSpec, ctx: GateContext) -> GateDecision:
+    """EP as triage assessed it; with TP x DP = 1 the experts cannot be split: the reason says so."""
+    decision = decide_feature(spec, ctx)
+    ranks = int(ctx.user_tp or ctx.facts.facts.get("tp") or 1) * ctx.data_parallel
+    if decision.verdict is None and ranks <= 1:
+        decision.reason += ("; note: TP x DP = 1: the expert-parallel group has one rank, every expert stays on it "
+                            "(set TP or DP above 1 for a split)")
     return decision
 
 
@@ -149,7 +180,8 @@ def decide_isolation(spec: GateSpec, ctx: GateContext) -> GateDecision:
                         _triage_evidence(ctx, None))
 
 
-DECIDERS: dict[str, Callable[[GateSpec, GateContext], GateDecision]] = {"flashcomm1": decide_flashcomm1}
+DECIDERS: dict[str, Callable[[GateSpec, GateContext], GateDecision]] = {"flashcomm1": decide_flashcomm1,
+                                                                        "ep": decide_ep}
 
 
 def decide(name: str, ctx: GateContext, specs: dict[str, GateSpec] | None = None) -> GateDecision:
@@ -258,6 +290,8 @@ def apply_feature_check(spec: GateSpec, record: dict[str, Any], log: Path) -> No
             record["verdict"], record["category"] = "FAIL", "feature-not-active"
             record["reason"] = (f"the server passed its smoke requests, but {spec.name} is not proven: {why}")
         elif found["level"] == "accepted":
+            # the option was taken, its effect is not in the log: its own state, never PASS
+            record["verdict"], record["category"] = ACCEPTED, "accepted-no-evidence"
             record["reason"] = (f"{spec.name} accepted, no runtime evidence: {found['line'].strip()[:200]} "
                                 "(this vllm-ascend logs no line when it takes effect for this model)")
         if proof.metrics:
@@ -288,8 +322,11 @@ def write_no_run(settings: Settings, decision: GateDecision, *, model: Model, ba
         "verdict": decision.verdict, "category": None, "reason": decision.reason, "root_cause": None,
         "signatures": [], "log_evidence": {}, "log": None, "server_started": False,
         "feature_evidence": {"line": decision.evidence_line, "line_no": None} if decision.evidence_line else None,
-        "gate": decision.to_dict(), "run_dir": str(run_dir), "exit_code": EXIT_PASS,
+        "gate": decision.to_dict(), "run_dir": str(run_dir),
+        "exit_code": EXIT_FAIL if decision.verdict == "FAIL" else EXIT_PASS,
     }
+    if decision.verdict == "FAIL":
+        record["category"] = PREDICTED
     ev.atomic_write_json(run_dir / "evidence.json", record)
     ev.point_latest(run_dir, decision.gate)
     return record
@@ -305,13 +342,14 @@ def run_gate(settings: Settings, model: Model, name: str,
     backend = settings.backend or profiles.detect_backend()
     settings.backend = backend
     facts = current_facts(settings, model, backend, out)
-    ctx = GateContext(facts=facts, runs_dir=model.runs_dir, user_tp=settings.tp)
+    ctx = GateContext(facts=facts, runs_dir=model.runs_dir, user_tp=settings.tp,
+                      data_parallel=data_parallel_size(settings.extra_args))
     decision = decide(name, ctx, specs)
     if decision.verdict is not None:
         record = write_no_run(settings, decision, model=model, backend=backend)
         out(f"{decision.verdict} {name} {record['model']}: {decision.reason}\n  no server started; "
             f"evidence: {record['run_dir']}")
-        return EXIT_PASS, record
+        return record["exit_code"], record
     assert decision.variant is not None
     out(f"[{name}] {decision.reason}")
     run = StageRun(settings, model, StageRequest(step=name, stage=settings.stage, variant=decision.variant), out=out)

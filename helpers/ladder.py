@@ -10,6 +10,9 @@ model core).
 from __future__ import annotations
 
 import re
+import shlex
+import textwrap
+from dataclasses import replace
 from typing import Any, Callable
 
 from helpers import evidence as ev
@@ -21,6 +24,18 @@ from helpers.plan import Variant
 from helpers.settings import Settings
 from helpers.stage import StageRequest, StageRun
 from helpers.triage import current_facts
+from helpers.catalog import load_catalog
+from helpers.verdict.nextstep import merge_args, quote_word, split_words
+
+# a passing fallback rung -> the ACCEPT_FALLBACK value that signs off in its mode
+ACCEPTS = {"eager": "eager", "dynamo-disable": "dynamo", "xlite": "xlite"}
+# argv words that differ between two starts of the same command
+VOLATILE_FLAGS = ("--port", "--host")
+
+
+def shorten(text: str, width: int = 160) -> str:
+    """Cut at a word boundary with an ellipsis, never mid-word."""
+    return textwrap.shorten(str(text or ""), width=width, placeholder=" ...")
 
 # --- signatures ---------------------------------------------------------------------------------
 
@@ -76,6 +91,11 @@ def rung_applies(rung: Rung, *, multimodal: bool, failed: list[dict[str, Any]], 
         if found.get("category") != "supported":
             return False, f"{found.get('verdict')}: {found.get('evidence')}"
         return True, f"{found.get('name')} is supported here: {found.get('evidence')}"
+    if rung.when == "graph-fault":
+        graphs = {c for cats in load_catalog().graph_categories.values() for c in cats}
+        hit = next((r for r in failed if r.get("category") in graphs), None)
+        return ((True, f"graph fault: [{hit.get('category')}] on {hit.get('step')}") if hit else
+                (False, "no failing rung died capturing or replaying graphs"))
     if rung.when == "multimodal":
         return (True, "multimodal model") if multimodal else (False, "text-only model: no multimodal path to isolate")
     if dynamo_mode == "always":
@@ -88,14 +108,45 @@ def rung_applies(rung: Rung, *, multimodal: bool, failed: list[dict[str, Any]], 
 
 # --- the run ------------------------------------------------------------------------------------
 
+def _command(record: dict[str, Any] | None) -> tuple[list[str], dict[str, str]]:
+    command = (record or {}).get("command") or {}
+    argv = list(command.get("argv") or [])
+    for flag in VOLATILE_FLAGS:
+        if flag in argv and argv.index(flag) + 1 < len(argv):
+            del argv[argv.index(flag):argv.index(flag) + 2]
+    return argv, dict(command.get("env") or {})
+
+
+def command_difference(original: dict[str, Any] | None, reproduce: dict[str, Any] | None) -> str:
+    """'' when the reproduce rung ran the earlier run's argv and env (port aside), else what differs."""
+    if not original or not reproduce or not original.get("command") or not reproduce.get("command"):
+        return ""
+    (argv_a, env_a), (argv_b, env_b) = _command(original), _command(reproduce)
+    parts = []
+    if argv_a != argv_b:
+        only_a = [w for w in argv_a if w not in argv_b]
+        only_b = [w for w in argv_b if w not in argv_a]
+        parts.append(f"argv: earlier {shlex.join(only_a) or '(same words, other order)'}; now {shlex.join(only_b) or '-'}")
+    changed = sorted(k for k in set(env_a) | set(env_b) if env_a.get(k) != env_b.get(k))
+    if changed:
+        parts.append("env: " + ", ".join(changed))
+    return shorten("; ".join(parts), 240)
+
+
 def summarise(summary: dict[str, Any]) -> None:
     """Fill fixed_by, deterministic and moved from the rung rows (pure; used after every rung)."""
     ran = [r for r in summary["rungs"] if r.get("verdict") not in (None, "SKIPPED")]
     passed = next((r for r in ran if r["verdict"] == "PASS"), None)
-    summary["fixed_by"] = passed["rung"] if passed else None
+    isolation = bool(passed and passed.get("isolates"))
+    summary["fixed_by"] = passed["rung"] if passed and not isolation else None
+    summary["isolated_by"] = ({"rung": passed["rung"], "isolates": passed["isolates"]} if isolation else None)
     reproduce = next((r for r in ran if r["rung"] == "reproduce"), None)
     original = summary.get("original")
-    if original is None or original.get("signature") is None or reproduce is None:
+    differs = command_difference(original, reproduce)
+    if differs and original is not None and original.get("signature") is not None:
+        summary["deterministic"] = None
+        summary["deterministic_note"] = f"not compared: the reproduce rung ran another command than {original['run_dir']} ({differs})"
+    elif original is None or original.get("signature") is None or reproduce is None:
         summary["deterministic"] = None
         summary["deterministic_note"] = ("no earlier failing run of this stage to compare with" if original is None
                                          or original.get("signature") is None else "the reproduce rung did not run")
@@ -125,26 +176,54 @@ def render_summary(summary: dict[str, Any]) -> str:
     lines = [f"ladder {summary['model']} (stage {summary['stage'].upper()}):"]
     for row in summary["rungs"]:
         if row["verdict"] == "SKIPPED":
-            lines.append(f"  {row['rung']:15s} skipped: {row['reason']}")
+            lines.append(f"  {row['rung']:15s} skipped: {shorten(row['reason'])}")
             continue
         text = f"  {row['rung']:15s} {row['verdict']}"
         if row["verdict"] != "PASS":
-            text += f" {describe(row['signature'])[:160]}"
+            text += f" {shorten(describe(row['signature']))}"
         lines.append(text + f"\n  {'':15s} evidence: {row['run_dir']}")
+    isolated = summary.get("isolated_by")
     if summary["fixed_by"]:
         lines.append(f"fixed by rung: {summary['fixed_by']}")
+    elif isolated:
+        lines.append(f"isolated to {isolated['isolates']} by rung {isolated['rung']} (an isolation, not a fix)")
     else:
         lines.append("no rung passed: map the signature to a known-good implementation and patch minimally")
-    lines.append(f"deterministic: {summary['deterministic']} ({summary['deterministic_note']})")
+    deterministic = {True: "yes", False: "no", None: "not decided"}[summary["deterministic"]]
+    lines.append(f"deterministic: {deterministic} ({summary['deterministic_note']})")
     away = summary.get("moved_away")
     if away:
-        lines.append(f"failure moved away at rung {away['rung']}: {away['from'][:160]} (seen on {away['from_rung']}) "
+        lines.append(f"failure moved away at rung {away['rung']}: {shorten(away['from'])} (seen on {away['from_rung']}) "
                      f"does not occur with the {away['rung']} switch")
     for move in summary["moved"]:
-        lines.append(f"failure moved: {move['from_rung']} {move['from'][:120]} -> {move['to_rung']} {move['to'][:120]}")
+        lines.append(f"failure moved: {move['from_rung']} {shorten(move['from'], 120)} -> {move['to_rung']} "
+                     f"{shorten(move['to'], 120)}")
+    if summary.get("next"):
+        lines.append(f"next: {summary['next']}")
     if not summary["moved"] and len([r for r in summary["rungs"] if r["verdict"] not in ("PASS", "SKIPPED")]) > 1:
         lines.append("failure moved: no (the same signature on every failing rung)")
     return "\n".join(lines)
+
+
+def ladder_next(summary: dict[str, Any], settings: Settings, model: Model) -> str:
+    """The ladder's one next step: accept the fallback that passed (or fix graph mode), fix what an
+    isolation rung isolated, or the last failing rung's own next command."""
+    summarise(summary)
+    arg = f"MODEL={shlex.quote(model.requested or model.name)}"
+    carried = " ".join(f"{k}={quote_word(v)}" for k, v in settings.given.items() if k not in ("MODEL", "STAGE"))
+    fixed, isolated = summary.get("fixed_by"), summary.get("isolated_by")
+    if fixed in ACCEPTS:
+        return (f"graph mode fails and {fixed} serves: fix graph mode, or sign off in that mode with "
+                f"ACCEPT_FALLBACK={ACCEPTS[fixed]} make report {arg} {carried}".rstrip())
+    if fixed:
+        flags = next((r["variant"]["flags"] for r in summary["rungs"] if r["rung"] == fixed), [])
+        extra = " ".join(quote_word(w) for w in merge_args(split_words(settings.extra_args), list(flags)))
+        return f"EXTRA_ARGS={quote_word(extra)} make stage-b {arg} {carried}".rstrip() if flags else ""
+    if isolated:
+        return (f"fix {isolated['isolates']} (the failure is there); {isolated['rung']} never signs off, "
+                f"then make stage-b {arg} {carried}".rstrip())
+    failing = [r for r in summary["rungs"] if r.get("verdict") not in (None, "SKIPPED", "PASS")]
+    return str(failing[-1].get("next_command") or "") if failing else ""
 
 
 def run_ladder(settings: Settings, model: Model, out: Callable[[str], None] | None = None,
@@ -158,7 +237,7 @@ def run_ladder(settings: Settings, model: Model, out: Callable[[str], None] | No
     original = None
     if first is not None:
         original = {"step": first.get("step"), "run_dir": first.get("run_dir"), "verdict": first.get("verdict"),
-                    "signature": signature_of(first)}
+                    "signature": signature_of(first), "command": first.get("command")}
     summary_dir = ev.new_run_dir(settings.runs_dir, name, "ladder")
     summary: dict[str, Any] = {"schema": 1, "status": "running", "model": name, "model_path": str(model.checkpoint),
                                "stage": settings.stage, "multimodal": multimodal, "dynamo_mode": dynamo_mode,
@@ -193,17 +272,25 @@ def run_ladder(settings: Settings, model: Model, out: Callable[[str], None] | No
                 save()
                 continue
             out(f"ladder rung {rung.id}: {rung.why}")
-            run = StageRun(settings, model, StageRequest(step=f"ladder-{rung.id}", stage=settings.stage,
-                                                         variant=variant, make_target=f"stage-{settings.stage}"),
-                           out=out)
+            rung_settings = settings
+            if rung.flags:  # the rung's switch merged into EXTRA_ARGS: each flag once
+                merged = merge_args(split_words(settings.extra_args), list(rung.flags))
+                rung_settings = replace(settings, extra_args=" ".join(quote_word(w) for w in merged))
+                variant = Variant(name=rung.id, flags=[], env={})
+            # one summary speaks for the ladder: no rung prints its own next step
+            run = StageRun(rung_settings, model, StageRequest(step=f"ladder-{rung.id}", stage=settings.stage,
+                                                              variant=variant, make_target=f"stage-{settings.stage}",
+                                                              quiet_next=True), out=out)
             rung_code = run.run()
             record = run.record
             records.append(record)
             summary["rungs"].append({"rung": rung.id, "step": f"ladder-{rung.id}", "verdict": record.get("verdict"),
                                      "category": record.get("category"), "run_dir": record.get("run_dir"),
                                      "signature": signature_of(record), "reason": record.get("reason"),
-                                     "variant": {"flags": variant.flags, "env": variant.env},
-                                     "applies_because": why})
+                                     "variant": {"flags": variant.flags or list(rung.flags), "env": variant.env},
+                                     "applies_because": why, "isolates": rung.isolates or None,
+                                     "command": record.get("command"),
+                                     "next_command": (record.get("diagnosis") or {}).get("next_command")})
             save()
             if rung_code == EXIT_INTERRUPTED:
                 code = EXIT_INTERRUPTED
@@ -212,6 +299,7 @@ def run_ladder(settings: Settings, model: Model, out: Callable[[str], None] | No
                 code = EXIT_PASS
                 break
     finally:
+        summary["next"] = ladder_next(summary, settings, model)
         summary["status"] = "done" if code != EXIT_INTERRUPTED else "interrupted"
         summary["finished_at"] = ev.utc_iso()
         save()

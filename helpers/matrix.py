@@ -14,18 +14,24 @@ from typing import Any
 
 from helpers import evidence as ev
 from helpers import layers, runs
+from helpers.catalog import load_catalog
+from helpers.features import load_specs
 from helpers.model import Model
 from helpers.starts.cells import newest as newest_deciding
 from helpers.templating import render
+from helpers.verdict import signoff
 
 FEATURES = ("aclgraph", "ep", "flashcomm1", "mtp", "multimodal", "eager", "dynamo-fallback", "text-only")
 # The workflow's default feature set (make all-features); the rest are isolation switches.
 DEFAULT_SET = ("aclgraph", "ep", "flashcomm1", "mtp", "multimodal")
 GATE_STEPS = ("ep", "flashcomm1", "mtp", "eager", "dynamo-fallback", "text-only")
 # Steps whose graph check can stand for ACLGraph (every non-eager stage run).
-GRAPH_STEPS = ("stage-b", "stage-a", "ep", "flashcomm1", "mtp", "dynamo-fallback", "text-only")
+GRAPH_STEPS = ("stage-b", "stage-a", "ep", "flashcomm1", "mtp", "dynamo-fallback", "text-only", "ladder-reproduce")
+# The ladder's rung runs of the isolation switches (step ladder-<rung>): the same evidence as the gate's.
+LADDER_OF = {"eager": "ladder-eager", "dynamo-fallback": "ladder-dynamo-disable", "text-only": "ladder-text-only"}
 CATEGORY4 = {
     "PASS": "supported-verified",
+    "ACCEPTED": "accepted-unverified",  # the server took the option; the log cannot show its effect
     "FAIL": "failed",
     "INTERRUPTED": "failed",
     "NOT_APPLICABLE": "not-applicable",
@@ -53,7 +59,10 @@ def _row(status: str, *, evidence_line: str | None = None, record: dict[str, Any
             "stage": record.get("stage") if record else None,
             "reason": reason,
             # a run with fewer layers than config.json is marked: it never signs off
-            "layers": layers.of_record(record).to_dict() if record else None}
+            "layers": layers.of_record(record).to_dict() if record else None,
+            # provenance: the run (and its serve.log line) that decided this cell
+            "decided_by": ({"run_dir": record.get("run_dir"), "step": record.get("step"), "line_no": line_no}
+                           if record else None)}
 
 
 def not_run(reason: str) -> dict[str, Any]:
@@ -94,6 +103,12 @@ def gate_row(record: dict[str, Any] | None, step: str) -> dict[str, Any]:
     line, line_no = found.get("line"), found.get("line_no")
     if line is not None and line_no is None and record.get("log"):
         line_no = _ready_line(record)  # evidence in the server's environment: the start it served
+    if line is None and verdict == "PASS" and step in LADDER_OF:
+        # a ladder rung ran without the gate's own check: its evidence key from the log scan
+        keys = load_specs()[step].evidence
+        scanned, lines = record.get("log_evidence") or {}, (record.get("log_scan") or {}).get("evidence_lines") or {}
+        key = next((k for k in keys if scanned.get(k)), None)
+        line, line_no = (str(scanned[key]), lines.get(key)) if key else (None, _ready_line(record))
     if line is None and verdict == "FAIL":
         failure = record.get("gate_failure") or record.get("root_cause") or {}
         line, line_no = failure.get("line") or failure.get("text"), failure.get("line_no")
@@ -106,19 +121,27 @@ def _finished(record: dict[str, Any]) -> str:
 
 def aclgraph_row(records: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
     """From the graph check of the most recent non-eager stage run that has one."""
+    faults = {c for categories in load_catalog().graph_categories.values() for c in categories}
     candidates = []
     for step in GRAPH_STEPS:
         record = records.get(step)
-        if not record or not record.get("graph"):
+        # a run that died capturing (or replaying) graphs never got a graph check: it still decides
+        crashed = bool(record) and record.get("verdict") == "FAIL" and record.get("category") in faults
+        if not record or not (record.get("graph") or crashed):
             continue
         argv = (record.get("command") or {}).get("argv") or []
+        mode = (record.get("graph") or {}).get("mode", "default")
         # the profile's default graph mode only: eager, XliteGraph or torchair runs prove no ACLGraph
-        if "--enforce-eager" in argv or record["graph"].get("mode", "default") != "default":
+        if "--enforce-eager" in argv or mode != "default" or any("xlite_graph_config" in a for a in argv):
             continue
         candidates.append(record)
     if not candidates:
         return not_run("no non-eager stage run with a graph check recorded")
     record = max(candidates, key=_finished)
+    if not record.get("graph"):
+        cause = record.get("root_cause") or {}
+        return _row("FAIL", evidence_line=cause.get("text"), record=record, line_no=cause.get("line_no"),
+                    reason=f"{record.get('step')} failed in graph mode [{record.get('category')}]: {record.get('reason')}")
     graph = record["graph"]
     status = graph.get("status") or "FAIL"
     return _row(status, evidence_line=graph.get("line"), record=record, line_no=graph.get("line_no"),
@@ -226,9 +249,12 @@ def capacity_summary(model_runs: Path) -> dict[str, Any] | None:
     return summary
 
 
-def build_matrix(model_runs: Path, model: str, backend: str = "") -> dict[str, Any]:
-    steps = ("stage-a", "stage-b") + GATE_STEPS
+def build_matrix(model_runs: Path, model: str, backend: str = "", accepted: str = "") -> dict[str, Any]:
+    steps = ("stage-a", "stage-b", "ladder-reproduce") + GATE_STEPS + tuple(LADDER_OF.values())
     records = {step: ev.read_latest(model_runs, step) for step in steps}
+    for gate, rung in LADDER_OF.items():  # the newer of the gate's own run and the ladder's rung
+        found = [r for r in (records[gate], records[rung]) if r]
+        records[gate] = max(found, key=_finished) if found else None
     # a feature decided by a feature-first Stage B or an isolation newer than its own gate run
     records = newest_deciding(records, model_runs, ("ep", "flashcomm1", "mtp"))
     backend = backend or next((r["backend"] for r in records.values() if r and r.get("backend")), "")
@@ -249,24 +275,25 @@ def build_matrix(model_runs: Path, model: str, backend: str = "") -> dict[str, A
         "false_ready": false_ready_cases(model_runs),
         "ladder": ladder_rows(model_runs),
         "capacity": capacity_summary(model_runs),
-        "sign_off": sign_off_summary(model_runs, model),
+        "sign_off": sign_off_summary(model_runs, model, accepted),
     }
 
 
-def sign_off_summary(model_runs: Path, model: str) -> dict[str, Any]:
-    """Whether the evidence signs off: a full-layer Stage B PASS (any run, not only the latest)."""
-    decision = runs.sign_off(runs.read_runs(model_runs), model)
-    return {"ok": decision.ok, "run_dir": str(decision.run.run_dir) if decision.run else None,
-            "missing": decision.missing or None}
+def sign_off_summary(model_runs: Path, model: str, accepted: str = "") -> dict[str, Any]:
+    """Whether the evidence signs off (helpers/verdict/signoff.py: the one rule of every output)."""
+    return signoff.decide(runs.read_runs(model_runs), model, accepted, model_runs).to_dict()
 
 
 def exit_code(data: dict[str, Any]) -> int:
-    """1 when Stage B did not pass or a feature of the default set failed (all-features' verdict);
-    the isolation switches (eager, dynamo-fallback, text-only) are diagnostics, not features."""
-    stage_b = data["stages"].get("stage-b")
-    if not stage_b or stage_b["status"] != "PASS":
+    """1 when the evidence does not sign off (helpers/verdict/signoff.py) or a feature of the
+    default set failed (all-features' verdict); a feature an accepted fallback gives up is already
+    in the sign-off, and the isolation switches (eager, dynamo-fallback, text-only) are diagnostics."""
+    sign = data.get("sign_off") or {}
+    if not sign.get("ok") and sign.get("blocked_by") != "capacity":  # capacity comes after the features
         return 1
-    return 1 if any(data["features"][name]["status"] in ("FAIL", "INTERRUPTED") for name in DEFAULT_SET) else 0
+    given = {g.get("feature") for g in sign.get("gives_up") or []}
+    return 1 if any(data["features"][name]["status"] in ("FAIL", "INTERRUPTED") for name in DEFAULT_SET
+                    if name not in given) else 0
 
 
 def render_markdown(data: dict[str, Any]) -> str:
@@ -281,13 +308,13 @@ def render_terminal(data: dict[str, Any]) -> str:
     for name, row in data["features"].items():
         lines.append(f"  {name:16s} {row['status']:22s} {row['category4']}")
     sign = data.get("sign_off") or {}
-    lines.append(f"  sign-off: {'yes, ' + str(sign.get('run_dir')) if sign.get('ok') else sign.get('missing')}")
+    lines.append(f"  sign-off: {sign.get('headline') or sign.get('missing')}")
     return "\n".join(lines)
 
 
-def write_matrix(model: Model, backend: str = "") -> tuple[dict[str, Any], Path, Path]:
+def write_matrix(model: Model, backend: str = "", accepted: str = "") -> tuple[dict[str, Any], Path, Path]:
     model_runs = model.runs_dir
-    data = build_matrix(model_runs, model.name, backend)
+    data = build_matrix(model_runs, model.name, backend, accepted)
     json_path, md_path = model_runs / "matrix.json", model_runs / "matrix.md"
     ev.atomic_write_json(json_path, data)
     ev.atomic_write_text(md_path, render_markdown(data))

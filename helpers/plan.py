@@ -116,6 +116,7 @@ def build_plan(
     tp: int | None = None,
     max_model_len: int | None = None,
     max_num_seqs: int | None = None,
+    gpu_memory_utilization: float | None = None,
     dtype: str = "",
     extra_args: str = "",
     api_key: str = "",
@@ -135,6 +136,8 @@ def build_plan(
     argv += ["--max-model-len", str(length)]
     argv += ["--tensor-parallel-size", str(tp or defaults.get("tp", 1))]
     argv += ["--max-num-seqs", str(max_num_seqs or defaults.get("max_num_seqs", 16))]
+    if gpu_memory_utilization:  # the KV cache is sized from this budget, not from max-model-len
+        argv += ["--gpu-memory-utilization", f"{gpu_memory_utilization:g}"]
     if stage == "a":
         argv += ["--load-format", "dummy"]
     argv += ["--host", host, "--port", str(port)]
@@ -173,6 +176,7 @@ def plan_for(profile: Profile, settings: Settings, model: Model, stage: str, var
         profile, model_path=str(model.checkpoint), served_name=model.served_name, stage=stage,
         host=settings.host, port=settings.port, tp=tp or settings.tp,
         max_model_len=max_model_len or settings.max_model_len, max_num_seqs=max_num_seqs or settings.max_num_seqs,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
         dtype=settings.dtype, extra_args=settings.extra_args, api_key=settings.api_key,
         work_dir=settings.work_dir, variant=variant,
     )

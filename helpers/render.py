@@ -4,8 +4,8 @@ Inputs (all under RUNS_DIR/<model>/, each read by one adapter of helpers/render_
 triage.json, <stamp>-<step>/evidence.json (+ command.sh, requests.jsonl, serve.log), matrix.json,
 capacity.json, latest-accuracy/accuracy.json, changes.json and deliverables/deliver.json. A
 missing file or key is rendered as "not run", never guessed. The documented command is the
-validated feature-first one (helpers/runs.py passing_modes); the evidence signs off only with a
-full-layer Stage B PASS (runs.sign_off).
+validated feature-first one (helpers/runs.py passing_modes), or the fallback mode the engineer
+accepted (ACCEPT_FALLBACK); the evidence signs off by the one rule of helpers/verdict/signoff.py.
 
 Outputs (default RUNS_DIR/<model>/deliverables/): report.zh.md, runbook.zh.md,
 issue-comment.zh.md, tests/e2e/models/configs/<Model>.yaml and, when DELIVERY_REPO is set,
@@ -28,10 +28,11 @@ from helpers.e2e import E2E_DIR, TUTORIAL_DIR, e2e_config, hardware_label, rende
 from helpers.model import Model
 from helpers.render_inputs import (adapt_accuracy, adapt_capacity, adapt_changes, adapt_delivery, adapt_matrix,
                                    adapt_triage, empty_row)
-from helpers.runs import Run, latest, passing_modes, read_runs, sign_off
+from helpers.runs import Run, latest, passing_modes, read_runs
 from helpers.settings import Settings
 from helpers.templating import render
 from helpers.timeline.report import pictures
+from helpers.verdict import signoff
 
 
 # ============================================================================ context
@@ -45,8 +46,9 @@ def build_context(settings: Settings, model: Model, *, docs_kind: str | None = N
     modes = passing_modes(runs)
     stage_a = latest(runs, lambda r: r.step == "stage-a")
     stage_b = latest(runs, lambda r: r.step == "stage-b")
-    decision = sign_off(runs, model.name)
-    primary = modes.primary
+    decision = signoff.decide(runs, model.name, settings.accept_fallback, model_dir)
+    # an accepted fallback is the documented command; a refused one is documented nowhere
+    primary = decision.run if decision.ok and decision.mode else modes.primary
     multimodal = bool(triage.get("multimodal")) if triage["present"] else bool(
         primary and primary.data.get("multimodal"))
     backend = (primary or stage_b or stage_a).data.get("backend") if (primary or stage_b or stage_a) else None
@@ -128,11 +130,12 @@ def build_context(settings: Settings, model: Model, *, docs_kind: str | None = N
         "stage_b": stage_b.view() if stage_b else None,
         "stage_b_signed_off": decision.ok,
         "sign_off_missing": decision.missing,
+        "sign_off": decision.to_dict(),
         "signing": decision.run.view() if decision.run else None,
         "reduced": modes.reduced.view() if modes.reduced else None,
         "primary": primary.view() if primary else None,
         "primary_lines": primary.command_lines() if primary else [],
-        "primary_is_fallback": modes.primary_is_fallback,
+        "primary_is_fallback": bool(primary and signoff.mode_of(primary)),
         "fallback_cmds": fallback_cmds,
         "serve_block": serve_block(primary.argv) if primary else {},
         "port": port,
@@ -208,12 +211,11 @@ class RenderResult:
     notes: list[str] = field(default_factory=list)
     signed_off: bool = False
     missing: str = ""  # why the evidence does not sign off (one line)
+    headline: str = ""  # the sign-off in the words every output uses
     evidence: dict[str, Any] = field(default_factory=dict)  # the delivery commit's evidence summary
 
     def summary_lines(self) -> list[str]:
-        state = ("full-layer Stage B PASS: signed off" if self.signed_off
-                 else "NO full-layer Stage B PASS: the report says so first")
-        lines = [f"report: {state}"]
+        lines = [f"report: {self.headline}"]
         lines += [f"  {name}: {path}" for name, path in self.files.items()]
         lines += [f"  note: {note}" for note in self.notes]
         return lines
@@ -227,7 +229,7 @@ def render_all(settings: Settings, model: Model, out_dir: Path | None = None, *,
     ctx = build_context(settings, model, docs_kind=docs_kind)
     out = Path(out_dir) if out_dir else model.runs_dir / "deliverables"
     result = RenderResult(out, signed_off=ctx["stage_b_signed_off"], missing=ctx["sign_off_missing"],
-                          evidence=commit_evidence(ctx))
+                          headline=ctx["sign_off"]["headline"], evidence=commit_evidence(ctx))
     ctx["pictures"] = pictures(model.runs_dir, out)  # timeline.png, capacity.png beside the report
     if ctx["pictures"]["charts_missing"]:
         result.notes.append(f"charts: not drawn: {ctx['pictures']['charts_missing']}")
@@ -254,6 +256,7 @@ def render_all(settings: Settings, model: Model, out_dir: Path | None = None, *,
         "model": ctx["model"], "generated_at": ctx["generated_at"], "docs": ctx["docs"],
         "stage_b_signed_off": ctx["stage_b_signed_off"],
         "signing_run": (ctx["signing"] or {}).get("run_dir"),
+        "sign_off": {k: ctx["sign_off"][k] for k in ("ok", "mode", "accepted", "headline", "gives_up")},
         "files": {name: str(path.relative_to(out)) for name, path in result.files.items()},
         "log_paths": ctx["log_paths"],
     })

@@ -87,7 +87,8 @@ def _row(value: Any) -> dict[str, Any]:
     return {"status": value.get("status") or NOT_RUN, "category4": value.get("category4") or "not-run",
             "evidence_line": value.get("evidence_line"), "log": value.get("log"),
             "run_dir": value.get("run_dir"), "stage": value.get("stage"), "reason": value.get("reason"),
-            "layers": value.get("layers") or {}}
+            "layers": value.get("layers") or {}, "line_no": value.get("line_no"),
+            "decided_by": value.get("decided_by")}
 
 
 def adapt_matrix(model_dir: Path) -> dict[str, Any]:

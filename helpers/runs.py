@@ -137,7 +137,9 @@ class Run:
             "no_server": d.get("server_started") is False,
             "root_cause": ({"line_no": cause.get("line_no"), "text": cause.get("text"),
                             "sig_id": cause.get("sig_id"), "category": cause.get("category")} if cause else None),
-            "hint_zh": first_hint,
+            # the diagnosis' advice (by failure phase) before the first signature's, which may be a wrapper's
+            "hint_zh": dig(d, "diagnosis", "hint_zh") or first_hint,
+            "next_command": dig(d, "diagnosis", "next_command"),
             "ready_s": dig(d, "timings", "start_to_ready_s"),
             "graph": d.get("graph") or {},
             "requests": [{"kind": r.get("kind"), "ok": r.get("ok"), "status": r.get("status"),
@@ -214,31 +216,6 @@ def first_seen_heads(model_dir: Path) -> dict[str, str]:
             if path and head and (path not in seen or record["generated_at"] < seen[path][0]):
                 seen[path] = (record["generated_at"], head)
     return {path: head for path, (_when, head) in seen.items()}
-
-
-@dataclass
-class SignOff:
-    """Whether the evidence signs the bring-up off: a full-layer Stage B PASS, nothing less."""
-
-    ok: bool
-    run: Run | None       # the full-layer Stage B PASS that signs off
-    missing: str          # one line: which full-layer run is missing (empty when ok)
-
-
-def sign_off(runs: list[Run], model: str) -> SignOff:
-    modes = passing_modes(runs)
-    signing = latest(runs, lambda r: is_serving_run(r) and r.verdict == "PASS" and not r.layers.reduced)
-    if signing is not None:
-        return SignOff(True, signing, "")
-    command = f"make stage-b MODEL={model}"
-    if modes.reduced is not None:
-        why = (f"Stage B passed only with reduced layers ({modes.reduced.layers.describe()}, run "
-               f"{modes.reduced.run_dir}); run `{command}` with every layer")
-    else:
-        last = latest(runs, lambda r: r.stage == "b" and is_serving_run(r))
-        why = (f"the latest Stage B run is {last.verdict} ({last.run_dir}); run `{command}` until it passes"
-               if last else f"Stage B never ran (dummy evidence never signs off); run `{command}`")
-    return SignOff(False, None, f"sign-off refused for {model}: no full-layer Stage B PASS; {why}")
 
 
 def documented_run(model_dir: Path) -> Run | None:

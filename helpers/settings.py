@@ -129,6 +129,16 @@ def _limit(values: dict[str, str]) -> int | float | None:
     return float(text) if "." in text else int(text)
 
 
+def _fraction(values: dict[str, str], key: str) -> float | None:
+    """A fraction of the device memory in (0, 1] (vLLM's --gpu-memory-utilization)."""
+    text = _text(values, key)
+    if not text:
+        return None
+    if not re.fullmatch(r"0?\.\d+|1(?:\.0*)?", text) or float(text) <= 0:
+        raise UsageError(f"{key}={text!r} is not a fraction in (0, 1]", f"set {key}=0.85, or leave it empty")
+    return float(text)
+
+
 def _fewshot(values: dict[str, str]) -> int | None:
     text = _text(values, "NUM_FEWSHOT")
     if text and not text.isdigit():
@@ -154,6 +164,7 @@ class Settings:
     tp: int | None = None
     max_model_len: int | None = None
     max_num_seqs: int | None = None
+    gpu_memory_utilization: float | None = None
     dtype: str = ""
     extra_args: str = ""
     api_key: str = ""
@@ -177,6 +188,8 @@ class Settings:
     limit: int | float | None = None
     dataset_dir: Path | None = None
     serve_as: str = "documented"
+    accept_fallback: str = ""  # a fallback mode the engineer accepts for sign-off (eager | dynamo | xlite)
+    capacity_not_feasible: str = ""  # why the capacity baseline cannot be run (recorded by make capacity)
     delivery_repo: Path | None = None
     issue_url: str = ""
     model_id: str = ""
@@ -187,6 +200,8 @@ class Settings:
     parallel: int | None = None
     npu_group: str = ""
     hccl_base_port: int | None = None
+    # the variables given on make's command line (Makefile: BRINGUP_GIVEN), carried into `next:` commands
+    given: dict[str, str] = field(default_factory=dict)
     # names this invocation in the state files, so its EXIT trap stops only its own servers
     run_token: str = field(default_factory=lambda: f"pid-{os.getpid()}")
 
@@ -209,6 +224,7 @@ def load(overrides: dict[str, str | None] | None = None) -> Settings:
         tp=_int(values, "TP", minimum=1),
         max_model_len=_length(values, "MAX_MODEL_LEN"),
         max_num_seqs=_int(values, "MAX_NUM_SEQS", minimum=1),
+        gpu_memory_utilization=_fraction(values, "GPU_MEMORY_UTILIZATION"),
         dtype=_text(values, "DTYPE"),
         extra_args=values.get("EXTRA_ARGS", ""),
         api_key=values.get("VLLM_API_KEY", ""),
@@ -235,6 +251,9 @@ def load(overrides: dict[str, str | None] | None = None) -> Settings:
                          "use SERVE_AS=documented (like the documented run) or base (the plain Stage B command)"),
         delivery_repo=_path(values, "DELIVERY_REPO", base),
         issue_url=_text(values, "ISSUE_URL"),
+        capacity_not_feasible=_text(values, "CAPACITY_NOT_FEASIBLE"),
+        accept_fallback=_choice(values, "ACCEPT_FALLBACK", "", ("", "eager", "dynamo", "xlite"),
+                                "use ACCEPT_FALLBACK=eager, dynamo or xlite (text-only isolates, it never signs off)"),
         model_id=_text(values, "MODEL_ID"),
         tiny_dir=_path(values, "TINY_DIR", base),
         tiny_kind=_text(values, "TINY_KIND") or "dense",
@@ -243,6 +262,7 @@ def load(overrides: dict[str, str | None] | None = None) -> Settings:
         npu_group=_npu_group(values),
         hccl_base_port=_int(values, "HCCL_BASE_PORT", minimum=1),
         run_token=os.environ.get("BRINGUP_RUN_TOKEN") or f"pid-{os.getpid()}",
+        given={name: values.get(name, "") for name in os.environ.get("BRINGUP_GIVEN", "").split() if name in values},
     )
 
 

@@ -22,7 +22,7 @@ from helpers import layers, profiles
 from helpers import evidence as ev
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS, Interrupted
 from helpers.lifecycle import Session, SignalGuard, serving, sharing
-from helpers.diagnosis import diagnosis_of
+from helpers.diagnosis import RunInputs, diagnosis_of
 from helpers.logscan import LogScanner
 from helpers import defaults, flashcomm_env, graphmode
 from helpers.model import Model
@@ -32,6 +32,7 @@ from helpers.serve import ServerRecord, require_free_port
 from helpers.settings import Settings
 from helpers.smoke import RequestResult, chat, chat_stream
 from helpers.timeline.phases import timeline_of_log
+from helpers.verdict import nextstep
 
 POLL_SECONDS = 0.2
 AFTER_DEATH_GRACE = 2.0
@@ -47,6 +48,7 @@ class StageRequest:
     variant: Variant = field(default_factory=Variant)
     multimodal: bool | None = None  # None: read from the checkpoint config
     make_target: str | None = None  # what reruns it (default: step); names the next command
+    quiet_next: bool = False  # a ladder rung: the ladder prints one summary and one next step
 
 
 class StageRun:
@@ -266,25 +268,32 @@ class StageRun:
         ready_line = outcome.ready_line
         diagnosis = diagnosis_of(self.scanner, model=shlex.quote(self.model.requested or self.model_name),
                                  step=self.request.make_target or self.request.step,
-                                 extra_args=self.settings.extra_args)
-        if diagnosis.verdict == "FAIL":
+                                 extra_args=self.settings.extra_args, run=self._run_inputs(),
+                                 log_path=self.run_dir / "serve.log" if self.run_dir else None)
+        if diagnosis.verdict == "FAIL" or diagnosis.hint_en:
             rec["diagnosis"] = {"category": diagnosis.category, "signature": diagnosis.sig_id,
                                 "hint_zh": diagnosis.hint_zh, "hint_en": diagnosis.hint_en,
-                                "rung": diagnosis.rung, "next_command": diagnosis.next_command}
+                                "rung": diagnosis.rung, "next_command": diagnosis.next_command,
+                                "phase": diagnosis.failure_phase}
+        if diagnosis.last_line:
+            rec["last_line"] = {"line_no": diagnosis.last_line_no, "text": diagnosis.last_line}
         if outcome.state != "ready":
-            cause = self.scanner.root_cause()
+            cause = diagnosis.root_dict()
             category = diagnosis.category if diagnosis.verdict == "FAIL" else None
             if category in (None, "false-ready"):  # never ready: a startup failure, not a false-ready
                 category = {"stalled": "stalled", "timeout": "timeout"}.get(outcome.state, "startup")
             rec["verdict"], rec["category"] = "FAIL", category
-            rec["reason"] = f"server never became ready: {outcome.state} ({outcome.detail})"
+            detail = outcome.detail
+            if outcome.state == "fatal" and cause:  # the first failure line may be a wrapper: name the root cause
+                detail = f"line {cause['line_no']}: {cause['text']}"
+            rec["reason"] = f"server never became ready: {outcome.state} ({detail})"
             estimate = self.scanner.evidence.get("estimated_max_model_len")
             if category == "kv-too-small" and estimate:
                 length = self.defaults["max_model_len"]
                 rec["reason"] = (f"the KV cache cannot hold one request of {self._max_model_len()} tokens "
                                  f"(max-model-len from {length.source}); vLLM estimates the maximum model "
                                  f"length at {estimate}")
-            rec["root_cause"] = cause.to_dict() if cause else None
+            rec["root_cause"] = cause
             return
         dead_after_ready = self._server_gone()
         late_failures = self.scanner.failures(since_line=ready_line)
@@ -296,19 +305,36 @@ class StageRun:
             return
         rec["verdict"] = "FAIL"
         cause = self.scanner.root_cause(since_line=ready_line)
-        rec["root_cause"] = cause.to_dict() if cause else None
+        # the diagnosis' root cause when it is after ready (the FAIL line and evidence name one line)
+        rec["root_cause"] = (diagnosis.root_dict() if (diagnosis.root_cause_line or 0) > (ready_line or 0)
+                             else cause.to_dict() if cause else None)
         server_side = dead_after_ready or late_failures or any(
             r.status is None or (r.status or 0) >= 500 for r in bad)
-        if server_side:
+        served = {r.kind for r in results if r.ok}
+        if bad and not dead_after_ready and {"text", "stream"} <= served and all(
+                r.kind == "image" and (r.status is None or r.status >= 500) for r in bad):
+            # alive and serving text: the image path failed (processor or vision encoder), not the start
+            rec["category"] = "image-request-failed"
+            rec["reason"] = ("the server serves text and streaming; the image request failed: "
+                             + "; ".join(f"{r.status or 'no reply'} {r.error[:160]}" for r in bad))
+        elif server_side:
             rec["category"] = "false-ready"
-            what = "; ".join(f"{r.kind}: {r.error}" for r in bad) or "server died after ready"
-            rec["reason"] = f"false-ready: started and answered /v1/models, then failed on requests ({what})"
+            # the replies' statuses only: the reply bodies quote wrappers; the root-cause line says why
+            what = "; ".join(f"{r.kind}: {r.error if r.status is None else f'HTTP {r.status}'}"
+                             for r in bad) or "server died after ready"
+            cause = rec.get("root_cause") or {}
+            where = f"; root cause at serve.log line {cause['line_no']}" if cause.get("line_no") else ""
+            rec["reason"] = f"false-ready: started and answered /v1/models, then failed on requests ({what}){where}"
         elif any("empty output" in r.error for r in bad):
             rec["category"] = "empty-output"
             rec["reason"] = "requests answered 200 without text: " + "; ".join(f"{r.kind}: {r.error}" for r in bad)
         else:
             rec["category"] = "request-rejected"
             rec["reason"] = "requests rejected: " + "; ".join(f"{r.kind}: {r.error}" for r in bad)
+
+    def _run_inputs(self) -> RunInputs:
+        """What this run had, so its next command neither repeats it nor loses the user's variables."""
+        return RunInputs(list(self.plan.argv), dict(self.plan.env), self.request.stage, dict(self.settings.given))
 
     def _max_model_len(self) -> str:
         argv = self.plan.argv
@@ -323,9 +349,11 @@ class StageRun:
         rec["verdict"], rec["category"] = "FAIL", graph.get("category") or "graph-not-replayed"
         rec["reason"] = f"graph mode ({graph['name']}): {graph['reason']}"
         model = shlex.quote(self.model.requested or self.model_name)
+        inputs = self._run_inputs()
         rec["diagnosis"] = {"category": rec["category"], "signature": None, "hint_zh": graph.get("hint_zh"),
                             "hint_en": graph.get("hint_en"), "rung": "eager",
-                            "next_command": f"make eager MODEL={model}"}
+                            "next_command": nextstep.finish(f"make eager MODEL={model}", run_env=inputs.env,
+                                                            given=inputs.given, stage=inputs.stage)}
 
     # ------------------------------------------------------------------ the run
     def run(self) -> int:
@@ -434,10 +462,16 @@ class StageRun:
             cause = rec.get("root_cause")
             if cause:
                 line += f"\n  root cause (serve.log line {cause.get('line_no')}): {cause.get('text')}"
+            elif rec.get("last_line"):
+                last = rec["last_line"]
+                line += f"\n  last line (serve.log line {last.get('line_no')}): {last.get('text')}"
             diagnosis = rec.get("diagnosis") or {}
-            if diagnosis.get("hint_en"):
+            where = diagnosis.get("phase") or {}
+            if where:
+                line += f"\n  phase: {where.get('name')} ({where.get('how')})"
+            if diagnosis.get("hint_en") and not self.request.quiet_next:
                 line += f"\n  hint: {diagnosis['hint_en']}\n  提示: {diagnosis['hint_zh']}"
-            if diagnosis.get("next_command"):
+            if diagnosis.get("next_command") and not self.request.quiet_next:
                 line += f"\n  next: {diagnosis['next_command']}"
         used = layers.of_record(rec)
         if used.reduced:
@@ -453,5 +487,5 @@ class StageRun:
         verdict = self.record.get("verdict")
         if verdict == "INTERRUPTED":
             return EXIT_INTERRUPTED
-        return EXIT_PASS if verdict in ("PASS", "NOT_APPLICABLE", "CHECKPOINT_MISSING",
+        return EXIT_PASS if verdict in ("PASS", "ACCEPTED", "NOT_APPLICABLE", "CHECKPOINT_MISSING",
                                         "FRAMEWORK_UNSUPPORTED") else EXIT_FAIL

@@ -19,9 +19,11 @@ from helpers import evidence as ev
 from helpers import profiles, sourcetree
 from helpers.errors import BringupError
 from helpers.model import Model, checkpoint_fingerprint
-from helpers.runs import Run, dig, first_seen_heads, is_serving_run, read_runs
+from helpers.runs import Run, dig, first_seen_heads, read_runs
 from helpers.settings import Settings
 from helpers.triage import IN_PROCESS
+from helpers.verdict.nextstep import finish
+from helpers.verdict.signoff import decide
 
 SCHEMA = 1
 STEPS = ("context", "triage", "changes", "stage-a", "stage-b", "ep", "flashcomm1", "mtp", "ladder", "capacity",
@@ -195,16 +197,22 @@ def file_steps(model_runs: Path, now: Now) -> dict[str, Step]:
                                 "; ".join(record.get("problems") or [])[:160])
     record = _read(model_runs / "latest-ladder" / "ladder.json")
     if record is not None:
+        isolated = record.get("isolated_by") or {}
         steps["ladder"] = Step("ladder", "PASS" if record.get("fixed_by") else "FAIL",
                                record.get("finished_at") or record.get("started_at"), record.get("run_dir"),
-                               note=f"fixed by {record['fixed_by']}" if record.get("fixed_by") else "no rung passed")
+                               note=f"fixed by {record['fixed_by']}" if record.get("fixed_by") else
+                               f"isolated to {isolated['isolates']} by {isolated['rung']} (not a fix)" if isolated
+                               else "no rung passed")
     record = _read(model_runs / "capacity.json")
     if record is not None:
         cells = record.get("cells") or [{}]
         when = record.get("generated_at")
+        # a cell's own evidence records the context and versions it ran with: roots and versions stale it too
+        cell = next((_read(Path(c["run_dir"]) / "evidence.json") for c in cells if c.get("run_dir")), None) or {}
         steps["capacity"] = Step("capacity", cells[0].get("verdict") or "?", when, str(model_runs / "capacity.json"),
-                                 stale_reasons(now, when=when, context=None, model_path=record.get("model_path"),
-                                               versions=None), str(record.get("headline") or "")[:120])
+                                 stale_reasons(now, when=cell.get("started_at") or when, context=cell.get("context"),
+                                               model_path=record.get("model_path") or cell.get("model_path"),
+                                               versions=cell.get("versions")), str(record.get("headline") or "")[:120])
     record = _read(model_runs / "latest-accuracy" / "accuracy.json")
     if record is not None:
         when = record.get("finished_at") or record.get("started_at")
@@ -230,24 +238,23 @@ def file_steps(model_runs: Path, now: Now) -> dict[str, Step]:
 
 # --- the checklist ----------------------------------------------------------------------------
 
-def signoff(runs: list[Run], now: Now) -> dict[str, Any]:
-    """Sign-off needs a fresh full-layer Stage B PASS (real weights; a reduced-layer run never counts)."""
-    passing = [r for r in runs if is_serving_run(r) and r.verdict == "PASS"]
-    full = [r for r in passing if not reduced(r)]
-    for run in reversed(full):
-        stale = run_step(run.step, run, now).stale
-        if not stale:
-            return {"possible": True, "run_dir": str(run.run_dir), "step": run.step,
-                    "reason": f"full-layer Stage B PASS: {run.step} at {run.data.get('started_at')}"}
-    if full:
-        latest = full[-1]
-        why = "; ".join(run_step(latest.step, latest, now).stale)
-        return {"possible": False, "run_dir": str(latest.run_dir), "step": latest.step,
-                "reason": f"the full-layer Stage B PASS ({latest.step}, {latest.data.get('started_at')}) is stale: {why}"}
-    if passing:
-        return {"possible": False, "run_dir": None, "step": None,
-                "reason": "only reduced-layer Stage B passes: one full-layer Stage B PASS is missing"}
-    return {"possible": False, "run_dir": None, "step": None, "reason": "no Stage B PASS yet"}
+def signoff(runs: list[Run], now: Now, model: str = "", accepted: str = "",
+            model_dir: Path | None = None) -> dict[str, Any]:
+    """The one sign-off rule (helpers/verdict/signoff.py), and the signing run must still be fresh."""
+    decision = decide(runs, model, accepted, model_dir)
+    record = {"possible": False, "run_dir": None, "step": None, "reason": decision.missing, "mode": decision.mode,
+              "gives_up": decision.gives_up, "capacity": decision.capacity, "blocked_by": decision.blocked_by}
+    if decision.run is None:
+        return record
+    run = decision.run
+    record.update(run_dir=str(run.run_dir), step=run.step)
+    stale = run_step(run.step, run, now).stale
+    if stale:
+        record["reason"] = (f"the full-layer Stage B PASS ({run.step}, {run.data.get('started_at')}) is stale: "
+                            + "; ".join(stale))
+        return record
+    record.update(possible=True, reason=decision.headline)
+    return record
 
 
 def next_command(steps: dict[str, Step], sign: dict[str, Any], model_arg: str, roots_changed: bool,
@@ -268,7 +275,8 @@ def next_command(steps: dict[str, Step], sign: dict[str, Any], model_arg: str, r
         why = "; ".join(changes.stale) or changes.note or "the implementation roots have changes nobody checked"
         return {"command": f"make changes {arg}", "why": why}
     stage_a, stage_b = steps["stage-a"], steps["stage-b"]
-    if not sign["possible"]:
+    only_capacity = sign.get("blocked_by") == "capacity"
+    if not sign["possible"] and not only_capacity:  # a missing capacity result is reached below, in order
         if stage_b.verdict == "FAIL" and not stage_b.stale:
             command = failed_next(stage_b) or f"make ladder {arg}"
             return {"command": command, "why": f"Stage B failed: {stage_b.note}"}
@@ -306,12 +314,13 @@ def collect(settings: Settings, model: Model) -> dict[str, Any]:
     clock = time.time()
     for step in steps.values():
         step.age = age_text(step.when, clock)
-    sign = signoff(runs, now)
+    sign = signoff(runs, now, model.name, settings.accept_fallback, model.runs_dir)
     seen = first_seen_heads(model.runs_dir)
     # code changed in a root since this model's first run (or uncommitted there): `make changes`
     roots_changed = any(root["git"] and (root["dirty"] or root["head"] != seen.get(root["path"], root["head"]))
                         for root in now.roots.values())
     upcoming = next_command(steps, sign, settings.model or model.name, roots_changed, runs, settings)
+    upcoming["command"] = finish(upcoming["command"], given=settings.given, stage="b")  # the user's variables along
     return {"schema": SCHEMA, "generated_at": ev.utc_iso(), "model": model.name, "runs_dir": str(model.runs_dir),
             "steps": [asdict(s) for s in steps.values()], "signoff": sign, "next": upcoming,
             "now": {"model_path": now.model_path, "checkpoint": now.fingerprint, "roots": now.roots,
@@ -325,8 +334,8 @@ def render_table(record: dict[str, Any]) -> str:
         where = Path(step["run_dir"]).name if step["run_dir"] else "-"
         lines.append(f"  {step['step']:11s} {step['verdict']:18s} {step['age'] or '-':6s} {where}"
                      + (f"  {step['note']}" if step["note"] else ""))
-        for reason in step["stale"]:
-            lines.append(f"  {'':11s} STALE: {reason}")
+        if step["stale"]:  # one line per step, however many inputs changed
+            lines.append(f"  {'':11s} STALE: {'; '.join(step['stale'])}")
     sign = record["signoff"]
     lines.append(f"sign-off: {'possible' if sign['possible'] else 'not yet'}: {sign['reason']}")
     if record["now"]["versions_note"]:

@@ -176,7 +176,7 @@ def test_all_features_on_the_moe_scenario_links_every_matrix_cell_to_a_log_line(
     # EP's cell is decided by the feature-first Stage B, from its own line there
     assert features["ep"]["run_dir"] == matrix["stages"]["stage-b"]["run_dir"]
     assert features["aclgraph"]["status"] == features["ep"]["status"] == "PASS"
-    assert features["flashcomm1"]["status"] == "PASS"  # accepted: v0.11 logs nothing for it here
+    assert features["flashcomm1"]["status"] == "ACCEPTED"  # v0.11 logs nothing when it takes effect here
     assert (features["mtp"]["status"], features["multimodal"]["status"]) == ("NOT_APPLICABLE", "NOT_APPLICABLE")
     cells = list(matrix["stages"].values()) + list(features.values())
     linked = 0
@@ -302,12 +302,13 @@ def test_v013_moe_gates_take_tp_from_triage(bench):
     assert record["verdict"] == "PASS" and "_EP0 pid=" in record["feature_evidence"]["line"]
     assert record["defaults"]["tp"]["value"] == 8 and "--tensor-parallel-size 8" in record["command"]["shell"]
     record = bench.passes("flashcomm1", env, model)
-    assert record["verdict"] == "PASS" and "accepted, no runtime evidence" in record["reason"]
-    # TP 1 (what the old default was) is refused by v0.13's own assertion
+    assert record["verdict"] == "ACCEPTED" and "accepted, no runtime evidence" in record["reason"]
+    # TP 1 (what the old default was) is refused by v0.13's own assertion: predicted, no start
     result = bench.make("flashcomm1", env, model, "TP=1")
     assert failed_with(result, 1)
     record = bench.evidence(model, "flashcomm1")
-    assert record["verdict"] == "FAIL" and "only supported when tp_size > 1" in record["gate_failure"]["line"]
+    assert (record["verdict"], record["server_started"]) == ("FAIL", False)
+    assert "is only supported when tp_size > 1" in record["reason"]
     assert bench.passes("mtp", env, model)["verdict"] == "NOT_APPLICABLE"
 
 
@@ -333,7 +334,10 @@ def test_stream_exhaustion_ladder_stops_at_eager_and_says_the_failure_moved_away
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((bench.runs / model.name / "latest-ladder" / "ladder.json").read_text())
     rows = {row["rung"]: row for row in summary["rungs"]}
-    assert [rows[r]["verdict"] for r in ("reproduce", "xlite", "eager")] == ["FAIL", "SKIPPED", "PASS"]
+    # fewer captures (graph-keeping) come before eager; here the capture dies with them too
+    assert [rows[r]["verdict"] for r in ("reproduce", "xlite", "graph-keeping", "eager")] == [
+        "FAIL", "SKIPPED", "FAIL", "PASS"]
+    assert result.stdout.count("next: ") == 1 and "ACCEPT_FALLBACK=eager make report" in result.stdout
     assert rows["xlite"]["reason"].startswith("FRAMEWORK_UNSUPPORTED")
     assert summary["fixed_by"] == "eager" and summary["deterministic"] is True
     assert summary["moved_away"]["rung"] == "eager" and "stream-exhaustion" in summary["moved_away"]["from"]
@@ -413,9 +417,11 @@ def test_vl_ladder_moves_from_dynamo_to_the_processor_and_text_only_isolates_it(
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((bench.runs / model.name / "latest-ladder" / "ladder.json").read_text())
     rows = [(row["rung"], row["verdict"]) for row in summary["rungs"]]
-    assert rows == [("reproduce", "FAIL"), ("xlite", "SKIPPED"), ("eager", "FAIL"), ("dynamo-disable", "FAIL"),
-                    ("text-only", "PASS")], rows
-    assert summary["fixed_by"] == "text-only"
+    assert rows == [("reproduce", "FAIL"), ("xlite", "SKIPPED"), ("graph-keeping", "SKIPPED"), ("eager", "FAIL"),
+                    ("dynamo-disable", "FAIL"), ("text-only", "PASS")], rows
+    # text-only switches the image path off: it isolates the failure there, it is no fix
+    assert summary["fixed_by"] is None and summary["isolated_by"]["rung"] == "text-only"
+    assert "isolated to the multimodal path" in result.stdout
     assert summary["moved"] and summary["moved"][-1]["to_rung"] == "dynamo-disable"
     assert "failure moved:" in result.stdout
 

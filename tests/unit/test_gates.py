@@ -242,21 +242,22 @@ def test_ep_evidence_from_the_scanner_is_recorded_with_its_line(tmp_path):
 def test_flashcomm1_without_a_runtime_line_is_accepted_not_failed(tmp_path):
     """0.24-0.26 print no runtime line for any model, 0.11-0.23 only for MoE with shared experts:
     a working run says "accepted, no runtime evidence" (from the config line, or in the env era
-    from the variable in the server's environment) instead of FAIL."""
+    from the variable in the server's environment): its own state ACCEPTED, neither FAIL nor PASS."""
     log = tmp_path / "serve.log"
     accepted = ("(APIServer pid=2323740) INFO 09-17 09:04:39 [ascend_config.py:286] AscendConfig.enable_flashcomm1 "
                 "is set from additional_config with value True.")
     log.write_text(accepted + "\n")
     record = passing_record(log, variant={"env": {}})
     gates.apply_feature_check(gates.load_specs()["flashcomm1"], record, log)
-    assert record["verdict"] == "PASS" and record["feature_evidence"]["level"] == "accepted"
+    assert record["verdict"] == "ACCEPTED" and record["feature_evidence"]["level"] == "accepted"
+    assert record["category"] == "accepted-no-evidence"
     assert record["reason"].startswith("flashcomm1 accepted, no runtime evidence")
     env_era = tmp_path / "env.log"
     env_era.write_text("INFO:     Application startup complete.\n")
     switch = {"VLLM_ASCEND_ENABLE_FLASHCOMM1": "1"}
     record = passing_record(env_era, variant={"env": switch}, command={"env": {"HCCL_OP_EXPANSION_MODE": "AIV", **switch}})
     gates.apply_feature_check(gates.load_specs()["flashcomm1"], record, env_era)
-    assert record["verdict"] == "PASS" and record["feature_evidence"]["env"] == switch
+    assert record["verdict"] == "ACCEPTED" and record["feature_evidence"]["env"] == switch
     silent = passing_record(env_era, variant={"env": switch}, command={"env": {}})
     gates.apply_feature_check(gates.load_specs()["flashcomm1"], silent, env_era)
     assert silent["verdict"] == "FAIL", "without the switch in the server's environment nothing proves it"

@@ -125,7 +125,7 @@ def test_a_layer_reduced_stage_b_pass_alone_cannot_be_delivered_and_a_full_layer
     assert report.returncode == 1
     line = report.stderr.strip()
     assert "\n" not in line and line.startswith("error: sign-off refused for tiny-qwen2: no full-layer Stage B PASS")
-    assert "Stage B passed only with reduced layers (hf-overrides num_hidden_layers=1 of 2" in line
+    assert "does not count: reduced layers (hf-overrides num_hidden_layers=1 of 2" in line
     assert "20261121T213000Z-stage-b" in line
     text = (model_dir / "deliverables/report.zh.md").read_text()
     assert "没有通过的全层 Stage B" in text.splitlines()[2] and "`reduced-layers`（减层：`--hf-overrides`，1/2 层）" in text

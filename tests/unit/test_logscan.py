@@ -171,7 +171,8 @@ def test_false_ready_without_known_root_cause_is_named_false_ready(tmp_path):
 def test_kv_too_small_suggests_the_estimated_length():
     diag = diagnose(KV_TOO_SMALL)
     assert diag.category == "kv-too-small" and diag.evidence["estimated_max_model_len"] == 3968
-    assert diag.next_command == "MAX_MODEL_LEN=3968 make stage-b MODEL=tiny-qwen2"
+    # the log's own args say dummy weights: the next step stays on Stage A
+    assert diag.next_command == "MAX_MODEL_LEN=3968 make stage-a MODEL=tiny-qwen2"
 
 
 def test_flashcomm_deprecation_is_evidence_not_failure():
@@ -393,5 +394,7 @@ def test_unknown_when_never_ready(tmp_path):
     text = (CPU / "pass-real.log").read_text().splitlines(keepends=True)
     log.write_text("".join(text[:40]))
     diag = diagnose(log)
-    assert diag.verdict == "UNKNOWN" and diag.exit_code == 0
+    # nothing failed, but nothing proves a ready server either: not a pass (exit 1), with its last line
+    assert diag.verdict == "UNKNOWN" and diag.exit_code == 1
+    assert diag.last_line == text[39].strip() and diag.last_line_no == 40
     assert diag.phase in ("loading weights", "compiling", "profiling / KV cache")

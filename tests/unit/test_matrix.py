@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO, base_env, free_port_between, run_cli
 from helpers import matrix, tinymodel
 
-SCHEMA_ROW = {"status", "category4", "evidence_line", "log", "line_no", "run_dir", "stage", "reason", "layers"}
+SCHEMA_ROW = {"status", "category4", "evidence_line", "log", "line_no", "run_dir", "stage", "reason", "layers", "decided_by"}
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,8 @@ def test_matrix_json_follows_the_schema_and_the_recorded_evidence(recorded):
     assert case["step"] == "stage-b" and "fake kernel failure for head size 48" in case["root_cause"]
     assert isinstance(case["line_no"], int) and Path(case["run_dir"]).is_dir()
 
-    assert [(r["rung"], r["verdict"]) for r in data["ladder"]][:3] == [("reproduce", "FAIL"), ("xlite", "SKIPPED"),
-                                                                       ("eager", "PASS")]
+    assert [(r["rung"], r["verdict"]) for r in data["ladder"]][:4] == [("reproduce", "FAIL"), ("xlite", "SKIPPED"),
+                                                                       ("graph-keeping", "SKIPPED"), ("eager", "PASS")]
     assert all(set(r) == {"rung", "verdict", "run_dir", "category"} for r in data["ladder"])
 
     md = (runs / "tiny-moe" / "matrix.md").read_text()

@@ -63,7 +63,8 @@ def test_vl_stage_sends_a_png_data_url_and_passes_on_200_with_text(runs_dir, vl_
 
 @pytest.mark.parametrize("mode, category, text", [
     ("empty", "empty-output", "image: empty output"),
-    ("error-500", "false-ready", "fake processor failure"),
+    # the server stays up and serves text: the image path failed, the start was no false ready
+    ("error-500", "image-request-failed", "fake processor failure"),
 ])
 def test_vl_stage_fails_when_the_image_request_fails(runs_dir, vl_model, mode, category, text):
     result = run_cli(["stage", "--stage", "a"], fake_env(runs_dir, vl_model, FAKE_IMAGE=mode))
@@ -113,8 +114,9 @@ def test_ladder_stops_at_eager_when_only_eager_starts(runs_dir, text_model):
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((runs_dir / "fake-model" / "latest-ladder" / "ladder.json").read_text())
     # xlite: the fake backend captures no graphs, so the XliteGraph rung does not apply
+    # graph-keeping: the fake failure is no graph capture or replay fault, so fewer captures cannot help
     assert [(r["rung"], r["verdict"]) for r in summary["rungs"]] == [("reproduce", "FAIL"), ("xlite", "SKIPPED"),
-                                                                      ("eager", "PASS")]
+                                                                      ("graph-keeping", "SKIPPED"), ("eager", "PASS")]
     assert summary["fixed_by"] == "eager" and summary["deterministic"] is True
     assert summary["moved"] == []
     assert "fixed by rung: eager" in result.stdout
@@ -130,8 +132,9 @@ def test_ladder_tries_dynamo_disable_after_a_dynamo_signature_and_skips_text_onl
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((runs_dir / "fake-model" / "latest-ladder" / "ladder.json").read_text())
     assert [(r["rung"], r["verdict"]) for r in summary["rungs"]] == [
-        ("reproduce", "FAIL"), ("xlite", "SKIPPED"), ("eager", "FAIL"), ("dynamo-disable", "PASS")]
-    assert "dynamo-related failure" in summary["rungs"][3]["applies_because"]
+        ("reproduce", "FAIL"), ("xlite", "SKIPPED"), ("graph-keeping", "SKIPPED"), ("eager", "FAIL"),
+        ("dynamo-disable", "PASS")]
+    assert "dynamo-related failure" in summary["rungs"][4]["applies_because"]
     assert summary["deterministic"] is None, "no earlier stage-a run to compare with"
     assert summary["fixed_by"] == "dynamo-disable"
 
@@ -142,10 +145,12 @@ def test_ladder_skips_dynamo_when_unrelated_reaches_text_only_and_reports_the_mo
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads((runs_dir / "tiny-vl" / "latest-ladder" / "ladder.json").read_text())
     assert [(r["rung"], r["verdict"]) for r in summary["rungs"]] == [
-        ("reproduce", "FAIL"), ("xlite", "SKIPPED"), ("eager", "FAIL"), ("dynamo-disable", "SKIPPED"),
-        ("text-only", "PASS")]
-    assert "not dynamo-related" in summary["rungs"][3]["reason"]
-    assert summary["fixed_by"] == "text-only"
+        ("reproduce", "FAIL"), ("xlite", "SKIPPED"), ("graph-keeping", "SKIPPED"), ("eager", "FAIL"),
+        ("dynamo-disable", "SKIPPED"), ("text-only", "PASS")]
+    assert "not dynamo-related" in summary["rungs"][4]["reason"]
+    # text-only switches the multimodal path off: it isolates the failure there, it fixes nothing
+    assert summary["fixed_by"] is None and summary["isolated_by"]["rung"] == "text-only"
+    assert "isolated to the multimodal path" in result.stdout and "fixed by" not in result.stdout
 
 
 def test_ladder_with_no_passing_rung_exits_1_and_says_what_next(runs_dir, text_model):
@@ -153,7 +158,7 @@ def test_ladder_with_no_passing_rung_exits_1_and_says_what_next(runs_dir, text_m
     result = run_cli(["ladder"], env)
     assert result.returncode == 1
     summary = json.loads((runs_dir / "fake-model" / "latest-ladder" / "ladder.json").read_text())
-    assert [r["verdict"] for r in summary["rungs"]] == ["FAIL", "SKIPPED", "FAIL", "FAIL", "SKIPPED"]
+    assert [r["verdict"] for r in summary["rungs"]] == ["FAIL", "SKIPPED", "SKIPPED", "FAIL", "FAIL", "SKIPPED"]
     assert summary["fixed_by"] is None and summary["status"] == "done"
     assert "no rung passed" in result.stdout
     assert "failure moved: no" in result.stdout
