@@ -37,6 +37,9 @@ LAYERS["data"] |= {"multifind"}
 # issue 21: which build is installed (a release, or a source build placed by its root's git state)
 LAYERS["data"] |= {"ascend_build", "flashcomm_env"}
 LAYERS["steps"] |= {"reset_roots", "deliver_issue"}
+# the "where am I" commands beside the main CLI group; the graph-mode part of a stage run
+LAYERS["engine"] |= {"stage_graph"}
+LAYERS["entry"] |= {"cli_where"}
 
 
 def modules() -> dict[str, Path]:
