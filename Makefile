@@ -131,5 +131,5 @@ bench: setup ## Benchmarks (triage and keymap of a 100 GB-class sharded checkpoi
 	@scripts/bench.sh
 
 .PHONY: help setup demo test hygiene triage stage-a stage-b ep flashcomm1 mtp all-features matrix eager dynamo-fallback text-only ladder diagnose capacity accuracy report deliver tiny-model runbooks bench
-.PHONY: context changes status serve
+.PHONY: context changes status serve reset-roots
 .PHONY: scaffold keymap
