@@ -93,3 +93,18 @@ pip_install_keeping_the_box() {
   fi
   return 1
 }
+
+# The version the vllm-ascend e2e accuracy tests are pinned to (lm-eval 0.4.x).
+LM_EVAL_REQUIREMENT="lm-eval[api]==0.4.13"
+
+# Installed on first use (not by `make setup`): only the accuracy step needs it. A lock keeps two
+# concurrent first runs from installing into the same venv at once. It never changes a package of
+# the box (torch, transformers ... pinned): pip refuses instead, in one line.
+ensure_lm_eval() {
+  if "$PY" -c 'import lm_eval' >/dev/null 2>&1; then return 0; fi
+  echo "accuracy: installing $LM_EVAL_REQUIREMENT into $VENV (about 35 s; log: $VENV/setup-pip.log)"
+  (
+    flock 9
+    "$PY" -c 'import lm_eval' >/dev/null 2>&1 || pip_install_keeping_the_box "$LM_EVAL_REQUIREMENT"
+  ) 9>"$VENV/.lm-eval-install.lock"
+}

@@ -22,6 +22,11 @@ if ((${#extra[@]})); then
   exit "$status"
 fi
 
+# Every package the tests use is in the venv before the two sessions start: a pip install in one
+# session (make accuracy installs lm-eval on first use) would change files under the other's
+# running servers and helpers.
+ensure_lm_eval
+
 slow_report="$(mktemp)"
 trap 'rm -f "$slow_report"' EXIT
 # bash starts a background command with Ctrl-C ignored: give it back, so that Ctrl-C stops both

@@ -1,5 +1,6 @@
 """Accuracy end to end on the real vLLM CPU server: `make accuracy` installs lm-eval if missing
-(scripts/accuracy.sh, the same path a fresh machine takes), starts a Stage B server of its own,
+(scripts/lib.sh ensure_lm_eval, the same path a fresh machine takes; `make test` runs it once
+before its two pytest sessions, so no install changes the venv under running tests), starts a Stage B server of its own,
 runs lm-eval offline on the tiny local gsm8k-shaped task, stops the server, and `make report`
 turns the result into a valid e2e YAML. The score of a random tiny model means nothing: the test
 asserts the pipeline and lm-eval's metric names, not the value. One server for the whole module."""
