@@ -2,7 +2,8 @@
 job's own `run:` lines from the workflow, fills in the matrix entry of a model the way GitHub
 would, and runs them in order on the replay backend (a recorded vllm-ascend v0.11 start of
 Qwen3-8B, served by helpers/replay at full speed) with a tiny checkpoint of that shape. Then the
-job summary: the feature matrix, and on the next run which cells changed."""
+job summary: the feature matrix, and on the next run which cells changed. The same lines also run
+on the real vLLM CPU server with the generated tiny model (marked slow)."""
 
 from __future__ import annotations
 
@@ -65,23 +66,20 @@ def check_the_recorded_start_timeline(model_dir: Path) -> None:
     assert record["log_scan"]["ready_line"] <= next(p["line_no"] for p in seen if p["name"] == "replay seen")
 
 
-def test_the_job_runs_the_checklist_make_targets_and_summarises_the_matrix(tmp_path):
-    checkpoint = tiny_shaped(tmp_path / "models" / "Qwen3-8B", "qwen3-dense")
-    assert "qwen3-dense" in TINY_SHAPES
-    entry = {"name": "Qwen3-8B", "path": str(checkpoint), "served_name": "Qwen3-8B", "tp": 1,
-             "tasks": "tiny_gsm8k", "limit": ""}
+def run_the_job(tmp_path: Path, entry: dict, **backend: str) -> tuple[dict, list[dict], dict, bool]:
+    """The job's `run:` lines in order, with the matrix entry filled in as GitHub would, on a
+    backend of the test's choice (the runner's would be ascend); returns (job, steps, env, lm-eval
+    was there to run the accuracy step)."""
     job, steps = job_steps()
     make_steps = [s for s in steps if s["run"].startswith("make ") and s["run"] != "make setup"]
     assert [s["run"].split()[1] for s in make_steps] == MAKE_STEPS
     assert all('JUNIT="$JUNIT_DIR/' in s["run"] for s in make_steps)
     runs = tmp_path / "runs"
-    junit = tmp_path / "junit"
-    env = base_env(runs, BACKEND="replay", REPLAY_SCENARIO="v0.11-qwen3-8b", REPLAY_SPEED="0",
-                   PORT=str(free_port()), READY_TIMEOUT="120", DATASET_DIR=str(TINY_TASK), NUM_FEWSHOT="2")
+    env = base_env(runs, PORT=str(free_port()), DATASET_DIR=str(TINY_TASK), NUM_FEWSHOT="2", **backend)
     env.update({name: resolve(str(value), entry) for name, value in job["env"].items()})
     # the runner's mounts (/bringup-runs, junit/ in the checkout) become the test's own directories
-    step_summary = tmp_path / "step-summary.md"  # $GITHUB_STEP_SUMMARY: a file GitHub shows
-    env.update({"RUNS_DIR": str(runs), "JUNIT_DIR": str(junit), "GITHUB_STEP_SUMMARY": str(step_summary)})
+    env.update({"RUNS_DIR": str(runs), "JUNIT_DIR": str(tmp_path / "junit"),
+                "GITHUB_STEP_SUMMARY": str(tmp_path / "step-summary.md")})  # a file GitHub shows
     env.pop("PYTHONPATH")
     have_lm_eval = subprocess.run([sys.executable, "-c", "import lm_eval"], capture_output=True).returncode == 0
     try:
@@ -95,6 +93,17 @@ def test_the_job_runs_the_checklist_make_targets_and_summarises_the_matrix(tmp_p
             assert result.returncode == 0, f"{name}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
     finally:
         serve.stop_recorded(runs, say=lambda _line: None)
+    return job, steps, env, have_lm_eval
+
+
+def test_the_job_runs_the_checklist_make_targets_and_summarises_the_matrix(tmp_path):
+    checkpoint = tiny_shaped(tmp_path / "models" / "Qwen3-8B", "qwen3-dense")
+    assert "qwen3-dense" in TINY_SHAPES
+    entry = {"name": "Qwen3-8B", "path": str(checkpoint), "served_name": "Qwen3-8B", "tp": 1,
+             "tasks": "tiny_gsm8k", "limit": ""}
+    job, steps, env, have_lm_eval = run_the_job(tmp_path, entry, BACKEND="replay", REPLAY_SCENARIO="v0.11-qwen3-8b",
+                                                REPLAY_SPEED="0", READY_TIMEOUT="120")
+    runs, junit, step_summary = Path(env["RUNS_DIR"]), Path(env["JUNIT_DIR"]), Path(env["GITHUB_STEP_SUMMARY"])
     model_dir = runs / "Qwen3-8B"
     summary = step_summary.read_text()
     assert (model_dir / "context.json").is_file() and (model_dir / "triage.json").is_file()
@@ -141,3 +150,19 @@ def test_a_wrong_models_list_stops_the_pipeline_in_one_line(tmp_path, bad, line)
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stdout == ""
     assert len(result.stderr.splitlines()) == 1 and line in result.stderr, result.stderr
+
+
+@pytest.mark.slow
+def test_the_job_steps_pass_on_the_cpu_backend(tmp_path, tiny_dense):
+    """The same `run:` lines on the real vLLM CPU server with the generated tiny model: every step
+    exits 0, Stage B passes, each make step leaves its JUnit file and the summary its matrix."""
+    entry = {"name": "tiny-dense", "path": str(tiny_dense), "served_name": "tiny-dense", "tp": 1,
+             "tasks": "tiny_gsm8k", "limit": ""}
+    _job, _steps, env, have_lm_eval = run_the_job(tmp_path, entry, BACKEND="cpu")
+    summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
+    assert "| stage-b | PASS |" in summary and "First run of this model: nothing to compare." in summary
+    for step in MAKE_STEPS[2:4]:
+        assert ET.parse(Path(env["JUNIT_DIR"]) / f"{step}.xml").getroot().findall("testcase"), step
+    if have_lm_eval:
+        assert list((Path(env["RUNS_DIR"]) / "tiny-dense").glob("*-accuracy/accuracy.json"))
+    assert not list(serve.recorded_servers(Path(env["RUNS_DIR"]))), "no server left behind"
