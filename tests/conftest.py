@@ -46,8 +46,12 @@ def free_port_between(low: int, high: int) -> int:
 def base_env(runs_dir: Path, **extra: str) -> dict[str, str]:
     # Start from a clean slate: no variable of env.example leaks in from the caller (make exports
     # them when it runs the suite), so every test sees env.example's defaults unless it says so.
+    # Nor the run token and given variables `make test` itself exported (scripts/lib.sh, Makefile):
+    # every make a test runs names its own run, as a user's would, so one step's EXIT trap never
+    # stops a server another step left running (make serve).
     documented = set(settings.documented_variables())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAKE", "MFLAGS")) and k not in documented}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MAKE", "MFLAGS", "BRINGUP_")) and k not in documented}
     env.update({"PYTHONPATH": str(REPO), "RUNS_DIR": str(runs_dir), "BACKEND": "cpu",
                 "VENV": str(Path(PYTHON).parent.parent), "READY_TIMEOUT": "600"})
     env.update(extra)
