@@ -14,8 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
+from helpers import load_yaml
 from helpers import ascend_build
 
 FACTS_PATH = Path(__file__).with_name("ascend_facts.yaml")
@@ -195,7 +195,7 @@ def parse(data: dict[str, Any], where: str = "facts") -> dict[str, Fact]:
 @lru_cache(maxsize=4)
 def _load_cached(path: str, mtime: float) -> dict[str, Fact]:
     with open(path, encoding="utf-8") as fh:
-        return parse(yaml.safe_load(fh) or {}, path)
+        return parse(load_yaml(fh) or {}, path)
 
 
 def load(path: str | Path | None = None) -> dict[str, Fact]:

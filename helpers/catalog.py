@@ -12,8 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
 
+from helpers import load_yaml
 from helpers import ascend_facts
 from helpers.verdict.nextstep import double_quoted, merge_args, quote_word, split_words
 
@@ -237,7 +237,7 @@ def fill_rung(entry: dict[str, Any], values: dict[str, Any], extra_args: str = "
 @lru_cache(maxsize=8)
 def _load_cached(path: str, mtime: float) -> Catalog:
     with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
+        data = load_yaml(fh) or {}
     return build_catalog(data, path, ascend_facts.load())
 
 

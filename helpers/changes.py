@@ -19,8 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from helpers import load_yaml
 from helpers import evidence as ev
 from helpers import sourcetree
 from helpers.changes_registry import check_registration
@@ -62,7 +62,7 @@ def glob_regex(pattern: str) -> re.Pattern:
 
 @lru_cache(maxsize=4)
 def load_rules(path: Path = RULES_PATH) -> tuple[list[KindRule], dict[str, Any]]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = load_yaml(path.read_text(encoding="utf-8")) or {}
     unknown = sorted(set(data) - {"kinds", "registry"})
     if unknown:
         raise UsageError(f"{path.name}: unknown key(s) {unknown}")

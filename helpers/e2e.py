@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from helpers import load_yaml
 from helpers.errors import UsageError
 from helpers.settings import parse_length
 from helpers.templating import render
@@ -57,7 +58,7 @@ def serve_block(argv: list[str]) -> dict[str, Any]:
 
 
 def load_e2e_schema() -> dict[str, Any]:
-    return yaml.safe_load(E2E_SCHEMA.read_text(encoding="utf-8"))
+    return load_yaml(E2E_SCHEMA.read_text(encoding="utf-8"))
 
 
 def validate_e2e_config(data: Any, schema: dict[str, Any] | None = None) -> list[str]:
@@ -162,7 +163,7 @@ def render_e2e_yaml(config: dict[str, Any]) -> str:
         raise UsageError(f"the e2e config would not validate: {'; '.join(problems)}",
                          "fix accuracy.json (rerun `make accuracy`) before `make report`")
     text = render("e2e_config.yaml.j2", c=config)
-    loaded = yaml.safe_load(text)
+    loaded = load_yaml(text)
     if loaded != config:
         raise UsageError("the e2e YAML does not round-trip to the data it was rendered from",
                          "report this as a bug of templates/e2e_config.yaml.j2")

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import yaml
 
+from helpers import load_yaml
 from helpers import ascend_facts
 from helpers.errors import UsageError
 from helpers.plan import Variant
@@ -116,7 +117,7 @@ class RuleSet:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return load_yaml(path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise UsageError(f"cannot read rules {path}: {exc}".splitlines()[0]) from None
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 from helpers import evidence as ev
 from helpers import profiles
 from helpers.errors import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_PASS
-from helpers.features import LadderSpec, Rung, load_ladder
+from helpers.features import GateSpec, LadderSpec, Rung, load_ladder, load_specs
 from helpers.model import Model
 from helpers.plan import Variant
 from helpers.settings import Settings
@@ -26,12 +26,21 @@ from helpers.stage import StageRequest, StageRun
 from helpers.triage import current_facts
 from helpers.catalog import load_catalog
 from helpers.verdict.nextstep import merge_args, quote_word, split_words
+from helpers.verdict.proof import apply_feature_check
 
 # a passing fallback rung -> the ACCEPT_FALLBACK value that signs off in its mode
 ACCEPTS = {"eager": "eager", "dynamo-disable": "dynamo", "xlite": "xlite"}
 # argv words that differ between two starts of the same command
 VOLATILE_FLAGS = ("--port", "--host")
 
+
+def rung_gate_check(spec: GateSpec) -> Callable[[StageRun], None]:
+    """A passing rung whose switch the log does not show is not the rung that fixed anything: its
+    gate's evidence check (feature_evidence, or FAIL feature-not-active) applies to it too."""
+    def check(stage_run: StageRun) -> None:
+        assert stage_run.run_dir is not None
+        apply_feature_check(spec, stage_run.record, stage_run.run_dir / "serve.log")
+    return check
 
 def shorten(text: str, width: int = 160) -> str:
     """Cut at a word boundary with an ellipsis, never mid-word."""
@@ -250,6 +259,8 @@ def run_ladder(settings: Settings, model: Model, out: Callable[[str], None] | No
     if any(r.when == "supported" for r in spec.rungs):
         assessments = current_facts(settings, model, settings.backend or profiles.detect_backend(), out).assessments
 
+    gate_specs = load_specs()
+
     def save() -> None:
         summarise(summary)
         ev.atomic_write_json(summary_dir / "ladder.json", summary)
@@ -281,6 +292,8 @@ def run_ladder(settings: Settings, model: Model, out: Callable[[str], None] | No
             run = StageRun(rung_settings, model, StageRequest(step=f"ladder-{rung.id}", stage=settings.stage,
                                                               variant=variant, make_target=f"stage-{settings.stage}",
                                                               quiet_next=True), out=out)
+            if rung.gate:  # the rung's switch proven in its own log, as its gate proves it (make eager ...)
+                run.post_check = rung_gate_check(gate_specs[rung.gate])
             rung_code = run.run()
             record = run.record
             records.append(record)

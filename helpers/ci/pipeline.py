@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from helpers import load_yaml
 from helpers import box
 from helpers import evidence as ev
 from helpers.errors import UsageError
@@ -36,7 +37,7 @@ class ModelEntry:
 def load_models(path: Path) -> list[ModelEntry]:
     """The models list, checked; a wrong entry is bad input in one line."""
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = load_yaml(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise UsageError(f"cannot read the models list {path}: {exc}".splitlines()[0],
                          "fix ci/ascend/models.yaml (see its header)") from exc

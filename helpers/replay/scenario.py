@@ -43,6 +43,7 @@ from typing import Any
 
 import yaml
 
+from helpers import load_yaml
 from helpers.replay.invocation import ScenarioError, check_condition
 
 SCENARIO_DIR = Path(__file__).resolve().parent / "scenarios"
@@ -291,7 +292,7 @@ def _raw(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The file's mapping, with `extends:` resolved: the base's top-level keys, overridden by
     the keys this file sets (a whole key at a time: lists are replaced, not merged)."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ScenarioError(f"{path.name}: not valid YAML: {str(exc).splitlines()[0]}") from None
     _require(raw, TOP_KEYS, path.name)
@@ -343,5 +344,5 @@ def load(name_or_path: str) -> Scenario:
 
 def machines() -> dict[str, Any]:
     """Named machines (npu-smi text, SoC) shared by scenarios: helpers/replay/machines.yaml."""
-    raw = yaml.safe_load(MACHINES_FILE.read_text(encoding="utf-8")) or {}
+    raw = load_yaml(MACHINES_FILE.read_text(encoding="utf-8")) or {}
     return raw.get("machines") or {}

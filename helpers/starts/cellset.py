@@ -39,7 +39,8 @@ def run_at_once(sweep: "CapacitySweep", pending: list[int]) -> tuple[dict[str, d
                        frozenset({settings.port}) if live is not None else frozenset())
     if not slots.parallel:
         return {}, False
-    jobs = [Job(f"capacity cell max-num-seqs {n}", ["capacity", "--cells-only"], env={"SWEEP": str(n)})
+    # a cell's load is max-num-seqs concurrent long prompts: the widest cell takes longest
+    jobs = [Job(f"capacity cell max-num-seqs {n}", ["capacity", "--cells-only"], env={"SWEEP": str(n)}, weight=n)
             for n in pending]
     outcomes = RunSet(slots, runs_dir=settings.runs_dir, model_name=sweep.model_name, out=sweep.out).run(jobs)
     done: dict[str, dict[str, Any]] = {}

@@ -30,6 +30,7 @@ from helpers.starts import reuse
 from helpers.starts.groups import Slot, SlotPlan, load_plan, plan_slots
 from helpers.starts.runset import Job, Outcome, RunSet
 from helpers.triage import current_facts
+from helpers.verdict import proof
 
 Out = Callable[[str], None]
 
@@ -79,7 +80,7 @@ def decide_each(on: dict[str, gates.GateDecision], record: dict[str, Any], log: 
     for name, decision in on.items():
         spec = specs[name]
         if record.get("verdict") == "PASS":
-            found, why = gates.feature_evidence(spec, scan, lines, log, env, (decision.variant or Variant()).env)
+            found, why = proof.feature_evidence(spec, scan, lines, log, env, (decision.variant or Variant()).env)
             if found is None:
                 decided[name] = {"verdict": "FAIL", "category": "feature-not-active", "reason": why}
                 continue
@@ -89,7 +90,7 @@ def decide_each(on: dict[str, gates.GateDecision], record: dict[str, Any], log: 
             decided[name] = {"verdict": "PASS", "reason": reason, **found}
         elif record.get("verdict") == "FAIL":
             catalog = load_catalog()
-            refusal = gates.find_in_log(log, [catalog.by_id(sig).pattern for sig in gates.Proof.of(spec).failures])
+            refusal = proof.find_in_log(log, [catalog.by_id(sig).pattern for sig in proof.Proof.of(spec).failures])
             if refusal:
                 decided[name] = {"verdict": "FAIL", "category": record.get("category"), "line": refusal[0],
                                  "line_no": refusal[1],

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from helpers import load_yaml
 from helpers import context, profiles
 from helpers.serve import port_is_free
 from helpers.settings import Settings
@@ -20,7 +20,7 @@ PLAN_PATH = Path(__file__).with_name("plan.yaml")
 
 
 def load_plan() -> dict[str, Any]:
-    return yaml.safe_load(PLAN_PATH.read_text(encoding="utf-8"))
+    return load_yaml(PLAN_PATH.read_text(encoding="utf-8"))
 
 
 @dataclass

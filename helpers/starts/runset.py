@@ -34,6 +34,9 @@ class Job:
     label: str               # what a person reads: "stage-b (ep, mtp)", "flashcomm1"
     args: list[str]          # helper command and options
     env: dict[str, str] = field(default_factory=dict)
+    # how long it runs against the others of its set: the longest start first, so that with fewer
+    # slots than runs the short ones fill in behind it and none is left to run alone at the end
+    weight: float = 0.0
 
 
 @dataclass
@@ -118,7 +121,7 @@ class RunSet:
             self.out(f"[set] {len(jobs)} runs, {len(self.plan.slots)} at once: {self.plan.why}")
         started: dict[int, tuple[int, float, Path]] = {}
         free = list(self.plan.slots)
-        queue = list(range(len(jobs)))
+        queue = sorted(range(len(jobs)), key=lambda i: -jobs[i].weight)  # stable: equal weights keep their order
         try:
             while (queue and self.interrupted is None) or self.live:
                 while queue and free and self.interrupted is None:

@@ -20,8 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from helpers import load_yaml
 from helpers import ascend_facts
 from helpers.logline import ANSI
 
@@ -50,7 +50,7 @@ class Rule:
 
 @lru_cache(maxsize=1)
 def rules() -> tuple[Rule, ...]:
-    data = yaml.safe_load(RULES_PATH.read_text(encoding="utf-8"))
+    data = load_yaml(RULES_PATH.read_text(encoding="utf-8"))
     facts = ascend_facts.load()
     unknown = [w["fact"] for m in data["milestones"] for w in m["lines"] if w.get("fact") and w["fact"] not in facts]
     if unknown:

@@ -12,8 +12,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from helpers import load_yaml
 from helpers.logscan import FAILURE_LEVELS, LogScanner, RootCause
 
 PHASES_PATH = Path(__file__).with_name("phases.yaml")
@@ -59,7 +59,7 @@ class PhaseBook:
 @lru_cache(maxsize=2)
 def load(path: str = str(PHASES_PATH)) -> PhaseBook:
     with open(path, encoding="utf-8") as handle:
-        data = yaml.safe_load(handle) or {}
+        data = load_yaml(handle) or {}
     phases = tuple(PhaseRule(str(p["id"]), str(p["name"]), tuple(p.get("frames") or ()), tuple(p.get("labels") or ()),
                              re.compile(p["last_line"]) if p.get("last_line") else None) for p in data["phases"])
     advice = tuple(Advice(str(a["phase"]), str(a["rung"]), str(a["hint_en"]), str(a["hint_zh"]), bool(a.get("memory")),

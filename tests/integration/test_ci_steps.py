@@ -3,7 +3,8 @@ job's own `run:` lines from the workflow, fills in the matrix entry of a model t
 would, and runs them in order on the replay backend (a recorded vllm-ascend v0.11 start of
 Qwen3-8B, served by helpers/replay at full speed) with a tiny checkpoint of that shape. Then the
 job summary: the feature matrix, and on the next run which cells changed. The same lines also run
-on the real vLLM CPU server with the generated tiny model (marked slow)."""
+on the real vLLM CPU server with the generated tiny model (marked slow): that run is also the suite's
+end-to-end accuracy check (lm-eval against the job's own server, then `make report`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY_SHAPES, base_env, free_port, tiny_shaped
-from helpers import serve
+from helpers import e2e, serve
 
 WORKFLOW = REPO / "ci" / "ascend" / "bringup.yml"
 TINY_TASK = REPO / "tests" / "fixtures" / "lm_eval_tiny"
@@ -66,10 +67,12 @@ def check_the_recorded_start_timeline(model_dir: Path) -> None:
     assert record["log_scan"]["ready_line"] <= next(p["line_no"] for p in seen if p["name"] == "replay seen")
 
 
-def run_the_job(tmp_path: Path, entry: dict, **backend: str) -> tuple[dict, list[dict], dict, bool]:
+def run_the_job(tmp_path: Path, entry: dict, accuracy_always: bool = False,
+                **backend: str) -> tuple[dict, list[dict], dict, bool]:
     """The job's `run:` lines in order, with the matrix entry filled in as GitHub would, on a
     backend of the test's choice (the runner's would be ascend); returns (job, steps, env, lm-eval
-    was there to run the accuracy step)."""
+    was there to run the accuracy step). The accuracy step is left out where lm-eval is not
+    installed, unless `accuracy_always`: then `make accuracy` installs it, as on a fresh machine."""
     job, steps = job_steps()
     make_steps = [s for s in steps if s["run"].startswith("make ") and s["run"] != "make setup"]
     assert [s["run"].split()[1] for s in make_steps] == MAKE_STEPS
@@ -81,14 +84,15 @@ def run_the_job(tmp_path: Path, entry: dict, **backend: str) -> tuple[dict, list
     env.update({"RUNS_DIR": str(runs), "JUNIT_DIR": str(tmp_path / "junit"),
                 "GITHUB_STEP_SUMMARY": str(tmp_path / "step-summary.md")})  # a file GitHub shows
     env.pop("PYTHONPATH")
-    have_lm_eval = subprocess.run([sys.executable, "-c", "import lm_eval"], capture_output=True).returncode == 0
+    have_lm_eval = accuracy_always or subprocess.run([sys.executable, "-c", "import lm_eval"],
+                                                     capture_output=True).returncode == 0
     try:
         for step in steps:
             if step["run"] == "make setup":
                 continue
             name = step["name"]
             if name == "accuracy" and not have_lm_eval:
-                continue  # installed on first use by `make accuracy` (tests/integration/test_accuracy_cpu.py)
+                continue  # installed on first use by `make accuracy` (the CPU run of this job: accuracy_always)
             result = run_step(resolve(step["run"], entry), env)
             assert result.returncode == 0, f"{name}: {result.stdout[-3000:]}{result.stderr[-3000:]}"
     finally:
@@ -135,7 +139,7 @@ def test_the_job_runs_the_checklist_make_targets_and_summarises_the_matrix(tmp_p
     assert not list(serve.recorded_servers(runs)), "no server left behind"
     if not have_lm_eval:
         pytest.skip("every step ran but accuracy: lm-eval is not installed yet (`make accuracy` installs it on "
-                    "first use, as tests/integration/test_accuracy_cpu.py does)")
+                    "first use, as test_the_job_steps_pass_on_the_cpu_backend_and_accuracy_feeds_the_report does)")
 
 
 @pytest.mark.parametrize("bad,line", [
@@ -152,17 +156,50 @@ def test_a_wrong_models_list_stops_the_pipeline_in_one_line(tmp_path, bad, line)
     assert len(result.stderr.splitlines()) == 1 and line in result.stderr, result.stderr
 
 
-@pytest.mark.slow
-def test_the_job_steps_pass_on_the_cpu_backend(tmp_path, tiny_dense):
+@pytest.mark.slow(seconds=145)
+def test_the_job_steps_pass_on_the_cpu_backend_and_accuracy_feeds_the_report(tmp_path, tiny_dense):
     """The same `run:` lines on the real vLLM CPU server with the generated tiny model: every step
-    exits 0, Stage B passes, each make step leaves its JUnit file and the summary its matrix."""
+    exits 0, Stage B passes, each make step leaves its JUnit file and the summary its matrix.
+    The accuracy step starts a Stage B server of its own (all-features stopped its servers), runs
+    lm-eval offline on the tiny local gsm8k-shaped task and stops the server; `make report` turns
+    the result into a valid e2e YAML. The score of a random tiny model means nothing: the test
+    asserts the pipeline and lm-eval's metric names, not the value."""
     entry = {"name": "tiny-dense", "path": str(tiny_dense), "served_name": "tiny-dense", "tp": 1,
              "tasks": "tiny_gsm8k", "limit": ""}
-    _job, _steps, env, have_lm_eval = run_the_job(tmp_path, entry, BACKEND="cpu")
+    _job, _steps, env, _ = run_the_job(tmp_path, entry, accuracy_always=True, BACKEND="cpu")
+    runs = Path(env["RUNS_DIR"])
     summary = Path(env["GITHUB_STEP_SUMMARY"]).read_text()
     assert "| stage-b | PASS |" in summary and "First run of this model: nothing to compare." in summary
     for step in MAKE_STEPS[2:4]:
         assert ET.parse(Path(env["JUNIT_DIR"]) / f"{step}.xml").getroot().findall("testcase"), step
-    if have_lm_eval:
-        assert list((Path(env["RUNS_DIR"]) / "tiny-dense").glob("*-accuracy/accuracy.json"))
-    assert not list(serve.recorded_servers(Path(env["RUNS_DIR"]))), "no server left behind"
+    assert not list(serve.recorded_servers(runs)), "no server left behind"
+
+    model_dir = runs / "tiny-dense"
+    run_dir = (model_dir / "latest-accuracy").resolve()
+    record = json.loads((run_dir / "accuracy.json").read_text())
+    assert record["verdict"] == "PASS" and record["status"] == "done"
+    assert record["server"]["reused"] is False and record["server"]["readiness"]["state"] == "ready"
+    assert record["server"]["stop"].startswith("stopped")
+    task = record["tasks"][0]
+    assert task["name"] == "tiny_gsm8k" and task["num_fewshot"] == 2 and task["samples"] == 4
+    assert set(task["metrics"]) == {"exact_match,strict-match", "exact_match,flexible-extract"}
+    assert all(0.0 <= value <= 1.0 for value in task["metrics"].values())
+    assert record["lm_eval_version"] == "0.4.13"
+    assert record["serve"]["max_model_len"] and record["serve"]["tensor_parallel_size"] == 1
+    for name in ("lm_eval.log", "lm_eval.sh", "serve.log", "command.sh"):
+        assert (run_dir / name).is_file(), name
+    assert "exact_match" in (run_dir / "lm_eval.log").read_text()  # lm-eval's own results table
+    assert "--load-format" not in (run_dir / "command.sh").read_text(), "accuracy needs the real weights"
+
+    report_env = {k: v for k, v in env.items() if k not in ("JUNIT", "GITHUB_STEP_SUMMARY")}
+    report = subprocess.run(["make", "-s", "report", f"MODEL={tiny_dense}"], cwd=REPO, env=report_env,
+                            capture_output=True, text=True, timeout=120)
+    # written, but refused: Stage B passed, but sign-off also needs a capacity result (or its reason)
+    assert report.returncode == 2 and "sign-off refused" in report.stderr, report.stdout + report.stderr
+    config_path = model_dir / "deliverables/tests/e2e/models/configs/tiny-dense.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    assert e2e.validate_e2e_config(config) == []
+    assert {m["name"]: m["value"] for m in config["tasks"][0]["metrics"]} == task["metrics"]
+    assert config["num_fewshot"] == 2
+    text = (model_dir / "deliverables/report.zh.md").read_text()
+    assert str(run_dir / "lm_eval.log") in text

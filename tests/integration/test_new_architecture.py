@@ -40,6 +40,7 @@ def check(result, *needles: str, code: int = 0) -> str:
     return out
 
 
+@pytest.mark.slow(seconds=220)
 def test_a_new_architecture_from_triage_to_the_one_commit(runs_dir, tmp_path):
     checkpoint = newarch.generate(tmp_path / "tiny-new")
     root = make_standin(tmp_path / "vllm-ascend")
@@ -104,6 +105,7 @@ def test_a_new_architecture_from_triage_to_the_one_commit(runs_dir, tmp_path):
     assert list(recorded_servers(runs_dir)) == []
 
 
+@pytest.mark.slow(seconds=10)
 @pytest.mark.parametrize("qk_norm, arch", [(False, "Qwen2ForCausalLM"), (True, "Qwen3ForCausalLM")])
 def test_the_candidate_weight_lists_are_what_vllm_loads(tmp_path, qk_norm, arch):
     """architectures.yaml's names for a candidate are exactly what vLLM's own class loads cleanly

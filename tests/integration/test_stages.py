@@ -39,6 +39,7 @@ def check_common_evidence(run_dir: Path, stage: str) -> dict:
     return record
 
 
+@pytest.mark.slow(seconds=83)
 def test_make_demo_runs_triage_both_stages_matrix_and_report(runs_dir):
     """The README's first command, end to end: every stage through make and the real server."""
     env = base_env(runs_dir, PORT=str(free_port()))
@@ -76,6 +77,7 @@ def test_make_demo_runs_triage_both_stages_matrix_and_report(runs_dir):
     assert f"{run_b.name} PASS" in status.stdout and "weights loaded" in status.stdout
 
 
+@pytest.mark.slow(seconds=3)
 def test_sigint_during_readiness_leaves_no_process_and_writes_interrupted(runs_dir, tiny_dense):
     env = base_env(runs_dir, MODEL=str(tiny_dense), PORT=str(free_port()))
     make = subprocess.Popen(["make", "-s", "stage-a"], cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -98,6 +100,7 @@ def test_sigint_during_readiness_leaves_no_process_and_writes_interrupted(runs_d
     assert not serve.group_members(pgid)
 
 
+@pytest.mark.slow(seconds=46)
 def test_false_ready_on_the_real_server_is_a_fail_with_the_root_cause(runs_dir, tmp_path):
     """Head size 40 is rejected by the CPU attention kernel at the first request, not at startup:
     the server starts, answers /v1/models, then dies on the first chat request."""

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, base_env, run_cli, run_make, wait_for
+from conftest import REPO, base_env, free_port_between, run_cli, run_make, wait_for
 from helpers import accuracy, e2e, profiles
 from helpers.errors import UsageError
 from helpers.evidence import atomic_write_json, new_run_dir
 from helpers.plan import build_plan
 from helpers.readiness import base_url, probe_ready
-from helpers.serve import Server, port_is_free
+from helpers.serve import Server
 
 RESULTS = REPO / "tests/fixtures/lm_eval_results/results_tiny_gsm8k.json"
 TINY_TASK = REPO / "tests/fixtures/lm_eval_tiny"
@@ -26,10 +26,7 @@ PROFILES = REPO / "tests/fixtures/profiles"
 
 
 def port_in_range() -> int:
-    for port in range(18340, 18400):
-        if port_is_free("127.0.0.1", port):
-            return port
-    pytest.skip("no free port in 18340-18399")
+    return free_port_between(18340, 18399)
 
 
 def test_results_keep_lm_eval_metric_names_exactly(tmp_path):

@@ -16,6 +16,7 @@ from helpers.catalog import build_catalog
 from helpers.catalog import load_catalog
 from helpers.diagnosis import diagnose
 from helpers.logscan import scan_file
+from helpers.verdict import proof
 
 REPO = Path(__file__).resolve().parents[2]
 LOGS = REPO / "tests" / "fixtures" / "logs"
@@ -106,10 +107,10 @@ def test_ep_gate_cannot_pass_on_a_log_that_only_has_ep_rank_0(tmp_path):
     log = ASCEND / "v0.13" / "dense-ep-rank-0.log"
     assert "EP rank 0" in log.read_text(encoding="utf-8")
     scanner = scan_file(log)
-    found, why = gates.feature_evidence(gates.load_specs()["ep"], scanner.evidence, scanner.evidence_lines, log, {})
+    found, why = proof.feature_evidence(gates.load_specs()["ep"], scanner.evidence, scanner.evidence_lines, log, {})
     assert found is None and "expert_parallel" in why
     real = scan_file(ASCEND / "v0.13" / "moe-ep-hccl-ei0006.log")
-    found, _ = gates.feature_evidence(gates.load_specs()["ep"], real.evidence, real.evidence_lines, log, {})
+    found, _ = proof.feature_evidence(gates.load_specs()["ep"], real.evidence, real.evidence_lines, log, {})
     assert found is not None and "Expert parallelism is enabled" in found["line"]
 
 

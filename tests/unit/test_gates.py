@@ -14,6 +14,7 @@ from conftest import REPO, base_env, run_cli, run_make
 from helpers import features, gates, profiles, tinymodel, triage
 from helpers import model as model_module
 from helpers.plan import Variant, build_plan
+from helpers.verdict import proof
 
 ASCEND_LOGS = REPO / "tests/fixtures/logs/ascend"
 
@@ -221,7 +222,7 @@ def test_passing_server_without_feature_evidence_fails_the_feature(tmp_path):
     log = tmp_path / "serve.log"
     log.write_text("(APIServer pid=1) INFO 11-21 12:00:00 [api_server.py:1] non-default args: {'port': 8000}\n")
     record = passing_record(log)
-    gates.apply_feature_check(gates.load_specs()["ep"], record, log)
+    proof.apply_feature_check(gates.load_specs()["ep"], record, log)
     assert record["verdict"] == "FAIL" and record["category"] == "feature-not-active"
     assert "ep is not proven" in record["reason"] and "expert_parallel" in record["reason"]
 
@@ -234,7 +235,7 @@ def test_ep_evidence_from_the_scanner_is_recorded_with_its_line(tmp_path):
             "enabled. Local/global number of experts: 2/4. Experts local to global index map: 0->0, 1->1.")
     record = passing_record(log, log_evidence={"expert_parallel": line},
                             log_scan={"evidence_lines": {"expert_parallel": 31}})
-    gates.apply_feature_check(gates.load_specs()["ep"], record, log)
+    proof.apply_feature_check(gates.load_specs()["ep"], record, log)
     assert record["verdict"] == "PASS"
     assert record["feature_evidence"] == {"key": "expert_parallel", "line": line, "line_no": 31, "level": "took-effect"}
 
@@ -248,7 +249,7 @@ def test_flashcomm1_without_a_runtime_line_is_accepted_not_failed(tmp_path):
                 "is set from additional_config with value True.")
     log.write_text(accepted + "\n")
     record = passing_record(log, variant={"env": {}})
-    gates.apply_feature_check(gates.load_specs()["flashcomm1"], record, log)
+    proof.apply_feature_check(gates.load_specs()["flashcomm1"], record, log)
     assert record["verdict"] == "ACCEPTED" and record["feature_evidence"]["level"] == "accepted"
     assert record["category"] == "accepted-no-evidence"
     assert record["reason"].startswith("flashcomm1 accepted, no runtime evidence")
@@ -256,10 +257,10 @@ def test_flashcomm1_without_a_runtime_line_is_accepted_not_failed(tmp_path):
     env_era.write_text("INFO:     Application startup complete.\n")
     switch = {"VLLM_ASCEND_ENABLE_FLASHCOMM1": "1"}
     record = passing_record(env_era, variant={"env": switch}, command={"env": {"HCCL_OP_EXPANSION_MODE": "AIV", **switch}})
-    gates.apply_feature_check(gates.load_specs()["flashcomm1"], record, env_era)
+    proof.apply_feature_check(gates.load_specs()["flashcomm1"], record, env_era)
     assert record["verdict"] == "ACCEPTED" and record["feature_evidence"]["env"] == switch
     silent = passing_record(env_era, variant={"env": switch}, command={"env": {}})
-    gates.apply_feature_check(gates.load_specs()["flashcomm1"], silent, env_era)
+    proof.apply_feature_check(gates.load_specs()["flashcomm1"], silent, env_era)
     assert silent["verdict"] == "FAIL", "without the switch in the server's environment nothing proves it"
 
 
@@ -268,12 +269,12 @@ def test_dynamo_fallback_is_contradicted_by_a_dynamo_compile_line(tmp_path):
     log.write_text("a\n(Worker pid=4534) INFO 11-21 21:14:43 [decorators.py:743] [backbone] saved AOT compiled "
                    "function to /root/.cache/vllm/torch_compile_cache/x/rank_0_0/model\n")
     record = passing_record(log, command={"env": {"TORCHDYNAMO_DISABLE": "1"}})
-    gates.apply_feature_check(gates.load_specs()["dynamo-fallback"], record, log)
+    proof.apply_feature_check(gates.load_specs()["dynamo-fallback"], record, log)
     assert record["verdict"] == "FAIL" and "did not take effect: serve.log line 2" in record["reason"]
     clean = tmp_path / "clean.log"
     clean.write_text("Application startup complete.\n")
     record = passing_record(clean, command={"env": {"TORCHDYNAMO_DISABLE": "1"}})
-    gates.apply_feature_check(gates.load_specs()["dynamo-fallback"], record, clean)
+    proof.apply_feature_check(gates.load_specs()["dynamo-fallback"], record, clean)
     assert record["verdict"] == "PASS" and record["feature_evidence"]["env"] == {"TORCHDYNAMO_DISABLE": "1"}
 
 
@@ -282,7 +283,7 @@ def test_flashcomm1_gate_failure_line_is_named(tmp_path):
     log.write_text("(APIServer pid=2) ERROR 08-14 10:11:12 [platform.py:1] ValueError: Flash Comm v1 (Sequence "
                    "Parallelism) is only supported when tp_size > 1\n")
     record = {"verdict": "FAIL", "reason": "server never became ready: exited", "command": {"env": {}}}
-    gates.apply_feature_check(gates.load_specs()["flashcomm1"], record, log)
+    proof.apply_feature_check(gates.load_specs()["flashcomm1"], record, log)
     assert record["gate_failure"]["line_no"] == 1
     assert "flashcomm1 gate failure (serve.log line 1)" in record["reason"] and "tp_size > 1" in record["reason"]
 

@@ -119,6 +119,7 @@ def test_ready_after_the_recorded_startup_at_its_own_pace(tmp_path):
             requests.get(f"{server.url}/health", timeout=0.5)  # bound but not listening while starting
         seconds = server.wait_ready(timeout=8)
         assert 1.0 <= seconds <= 5.0, seconds
+        server.wait_for("Application startup complete.")  # the log may trail the socket on a busy machine
         log = server.log()
         assert log.index("Loading model weights took") < log.index("Application startup complete.")
 
@@ -321,7 +322,8 @@ def test_a_busy_silent_phase_burns_cpu_while_a_hang_sleeps(tmp_path):
         busy.wait_for("Dynamo bytecode transform time")
         before, size = busy.utime(), len(busy.log())
         time.sleep(0.8)
-        assert busy.utime() - before > 0.4, "compile is silent but the process works"
+        # a quarter of a core at least, on a machine the other tests keep busy; a hang takes none
+        assert busy.utime() - before > 0.2, "compile is silent but the process works"
         assert len(busy.log()) == size, "and prints nothing"
     with replay(tmp_path, "v0.11-hccl-init-hang", speed="5") as hung:
         hung.wait_for("rank 3 in world size 4")

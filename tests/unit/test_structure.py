@@ -115,7 +115,7 @@ RULE_CLASSES = [features.FeatureRule, features.VersionRule, features.GateSpec, f
 @pytest.mark.parametrize("cls", RULE_CLASSES, ids=lambda c: c.__name__)
 def test_every_rules_field_is_read_by_code(cls):
     """Loaders refuse unknown keys; here every known key must also be read somewhere."""
-    sources = "\n".join(p.read_text(encoding="utf-8") for p in HELPERS.glob("*.py"))
+    sources = "\n".join(p.read_text(encoding="utf-8") for p in HELPERS.rglob("*.py"))  # subpackages too
     unread = [f.name for f in dataclasses.fields(cls) if not re.search(rf"\.{f.name}\b(?!\s*=[^=])", sources)]
     assert not unread, f"{cls.__name__} fields no code reads: {unread}"
 
