@@ -2,16 +2,16 @@
 # The test suite: unit tests (fast, fixtures and small local servers) and integration tests that
 # start the real vLLM CPU server (marked slow). Extra pytest arguments pass through (PYTEST_ARGS).
 #
-# Two pytest sessions at once, each on pytest-xdist workers that take the next test as they free:
-# the tests that start real servers on SERVER_TEST_WORKERS (2: two servers at most start at once,
-# most starts first, tests/conftest.py), everything else on TEST_WORKERS (default: the cores) in the
-# CPU the server tests leave while they wait on a start. Ports never meet: the server tests take
-# theirs from the kernel, the others each worker's own ports of a file's range (tests/conftest.py
-# free_port_between). The server tests' report follows the others'.
+# Three pytest sessions at once. The tests that start real servers run in two lanes, one test at a
+# time in each, the lanes balanced by the seconds each test declares (tests/conftest.py,
+# SERVER_LANE=k/n): two servers at most start at once. Everything else runs on TEST_WORKERS
+# pytest-xdist workers (default: the cores) in the CPU a server start leaves. Ports never meet:
+# the server tests take theirs from the kernel, the others each worker's own ports of a file's
+# range (tests/conftest.py free_port_between). The lanes' reports follow the others'.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-SERVER_TEST_WORKERS=2
+SERVER_LANES=2
 
 cd "$REPO_DIR"
 # `make setup` off cpu installs only what the helpers need; the tests' own tools come on first use
@@ -33,19 +33,25 @@ fi
 # (make accuracy installs lm-eval on first use) would change files under the other's running servers.
 ensure_lm_eval
 
-common=(-ra --durations=15 -p no:cacheprovider --dist load)
-server_report="$(mktemp)"
-trap 'rm -f "$server_report"' EXIT
-# bash starts a background command with Ctrl-C ignored: give it back, so that Ctrl-C stops both
-# sessions and each stops the servers of its own tests
-env --default-signal=INT "$PY" -m pytest "${common[@]}" -m slow -n "$SERVER_TEST_WORKERS" --maxschedchunk 1 \
-  >"$server_report" 2>&1 &
-server_pid=$!
-others_status=0
-"$PY" -m pytest "${common[@]}" -m "not slow" -n "${TEST_WORKERS:-$(nproc)}" || others_status=$?
-server_status=0
-wait "$server_pid" || server_status=$?
-echo "== the tests that start real vLLM CPU servers, run beside the others"
-cat "$server_report"
-if ((others_status != 0)); then exit "$others_status"; fi
-exit "$server_status"
+common=(-ra --durations=10 -p no:cacheprovider)
+reports=()
+lanes=()
+trap 'rm -f "${reports[@]}"' EXIT
+# bash starts a background command with Ctrl-C ignored: give it back, so that Ctrl-C stops every
+# session and each stops the servers of its own tests
+for lane in $(seq 1 "$SERVER_LANES"); do
+  reports+=("$(mktemp)")
+  SERVER_LANE="$lane/$SERVER_LANES" env --default-signal=INT "$PY" -m pytest "${common[@]}" -m slow \
+    >"${reports[-1]}" 2>&1 &
+  lanes+=($!)
+done
+status=0
+"$PY" -m pytest "${common[@]}" -m "not slow" -n "${TEST_WORKERS:-$(nproc)}" --dist load || status=$?
+for index in "${!lanes[@]}"; do
+  lane_status=0
+  wait "${lanes[$index]}" || lane_status=$?
+  echo "== server tests, lane $((index + 1)) of $SERVER_LANES (real vLLM CPU servers, run beside the others)"
+  cat "${reports[$index]}"
+  if ((status == 0)); then status=$lane_status; fi
+done
+exit "$status"

@@ -44,7 +44,7 @@ def test_cpu_profile_starts_the_server_module_with_cpu_env():
     plan = plan_for("cpu", "b", served_name="tiny")
     assert plan.argv[:5] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model",
                              "/models/Qwen3-8B"]
-    assert plan.env == {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    assert plan.env == {"VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_USE_AOT_COMPILE": "0"}
     assert plan.argv[plan.argv.index("--max-num-seqs") + 1] == "4"
 
 
