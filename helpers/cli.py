@@ -297,7 +297,7 @@ def report_cmd(out: Path | None) -> None:
     matrix is rebuilt from it first). Exit 1 when the evidence does not sign off (no full-layer
     Stage B PASS): the files are written and say so first."""
     from helpers import matrix
-    from helpers.deliver_docs import detect_docs_system
+    from helpers.deliver.docs import detect_docs_system
     from helpers.errors import SignOffRefused
     from helpers.render import render_all
 

@@ -24,7 +24,7 @@ LAYERS = {
     "server": {"serve", "readiness", "smoke", "lifecycle", "loadgen", "registry"},
     "engine": {"stage", "triage", "context"},
     "steps": {"gates", "ladder", "matrix", "capacity", "capacity_cell", "accuracy", "render", "render_inputs",
-              "deliver", "deliver_docs", "deliver_code", "changes", "changes_registry", "status"},
+              "changes", "changes_registry", "status"},
     "entry": {"cli", "__main__", "__init__"},
 }
 ORDER = list(LAYERS)
@@ -36,7 +36,7 @@ LAYERS["engine"] |= {"defaults"}
 LAYERS["data"] |= {"multifind"}
 # issue 21: which build is installed (a release, or a source build placed by its root's git state)
 LAYERS["data"] |= {"ascend_build", "flashcomm_env"}
-LAYERS["steps"] |= {"reset_roots", "deliver_issue"}
+LAYERS["steps"] |= {"reset_roots"}
 # the "where am I" commands beside the main CLI group; the graph-mode part of a stage run
 LAYERS["engine"] |= {"stage_graph"}
 LAYERS["entry"] |= {"cli_where"}

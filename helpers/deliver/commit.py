@@ -1,6 +1,6 @@
 """`make deliver`: exactly one signed commit (`git commit -s`) in DELIVERY_REPO holding what was
-validated: the model's vllm-ascend code (helpers/deliver_code.py, from changes.json), the e2e
-YAML, the tutorial and its nav/toctree entry (helpers/deliver_docs.py), and the YAML's line in
+validated: the model's vllm-ascend code (code.py, from changes.json), the e2e
+YAML, the tutorial and its nav/toctree entry (docs.py), and the YAML's line in
 the nightly accuracy.txt when the repo has one. The message follows upstream's style (a title
 prefix chosen from what the commit holds, the PR template's three sections with the evidence
 summary); no custom trailer. The commit made is recorded in deliverables/deliver.json, and the
@@ -10,7 +10,7 @@ Refusals, all before the delivery repo is touched (one line each):
 - exit 2: DELIVERY_REPO unset, not a directory, not a git work tree; git user.name / user.email
   missing; the docs system cannot be told; changes in the repo that are not part of this
   delivery (staged, unstaged or untracked, outside the delivery files and the listed code); the
-  code cannot be placed (deliver_code); a second delivery commit: this branch (since its base,
+  code cannot be placed (code.py); a second delivery commit: this branch (since its base,
   see gitrepo.base_commit) already holds a commit touching the model's tutorial or e2e YAML;
 - exit 1: no full-layer Stage B PASS (the evidence does not sign off);
 - exit 2: no passing accuracy run (no e2e YAML to deliver).
@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from helpers import changeset, deliver_issue, gitrepo
+from helpers import changeset, gitrepo
 from helpers import evidence as ev
-from helpers.deliver_code import CodePlan, export_vllm_patch, plan_code, put_in
-from helpers.deliver_docs import NIGHTLY_LIST, DocsSystem, add_nav_entry, add_nightly_entry, detect_docs_system
+from helpers.deliver import issue
+from helpers.deliver.code import CodePlan, export_vllm_patch, plan_code, put_in
+from helpers.deliver.docs import NIGHTLY_LIST, DocsSystem, add_nav_entry, add_nightly_entry, detect_docs_system
 from helpers.e2e import DELIVER_RECORD, E2E_DIR, TUTORIAL_DIR, VLLM_PATCH
 from helpers.errors import EnvironmentProblem, SignOffRefused, UsageError
 from helpers.model import Model
@@ -184,7 +185,7 @@ def commit(delivery: Delivery, files: dict[str, Path], signed_off: bool, missing
 
 def post_issue_comment(model: Model, issue_url: str, comment: Path) -> list[str]:
     """Post the issue comment (or say how); recorded in deliver.json beside the commit."""
-    result, lines = deliver_issue.post(issue_url, comment)
+    result, lines = issue.post(issue_url, comment)
     record_path = model.runs_dir / DELIVER_RECORD
     record = ev.read_json(record_path) if record_path.is_file() else {}
     ev.atomic_write_json(record_path, {**record, "issue_comment": result})
