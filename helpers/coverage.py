@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -243,13 +244,16 @@ def assessment(config: dict[str, Any], facts: ConfigFacts,
     return coverage, transformers_knows, expects_k_norm
 
 
-def cached_assessment(directory: Path, weight_files: list[str], config: dict[str, Any], facts: ConfigFacts,
-                      tensors: dict[str, TensorInfo], cache_dir: Path) -> tuple[Coverage, bool | None, bool]:
-    """`assessment`, reused while nothing it depends on changed: config.json, the weight files
-    (size and mtime), the installed transformers and this code. Building the model on the meta
-    device imports torch and transformers (seconds); a repeated triage skips it."""
+def cached_assessment(directory: Path, config: dict[str, Any], facts: ConfigFacts, tensors: dict[str, TensorInfo],
+                      cache_dir: Path) -> tuple[Coverage, bool | None, bool]:
+    """`assessment`, reused while nothing it reads changed: config.json's content, the tensors'
+    names, dtypes and shapes (from the headers), the installed transformers and this code. Building
+    the model on the meta device imports torch and transformers (seconds); a repeated triage, or
+    another checkpoint of the same layout, skips it."""
+    layout = hashlib.sha256(json.dumps(sorted((name, info.dtype, info.shape) for name, info in tensors.items()))
+                            .encode()).hexdigest()
     key = {"config": hashlib.sha256((directory / "config.json").read_bytes()).hexdigest(),
-           "weights": sorted((name, *_stat(directory / name)) for name in weight_files),
+           "tensors": layout,
            "transformers": box.package_version("transformers"),
            "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
 
@@ -259,8 +263,3 @@ def cached_assessment(directory: Path, weight_files: list[str], config: dict[str
 
     data = ev.cached_json(cache_dir, "coverage", key, compute)
     return Coverage(**data["coverage"]), data["transformers_knows"], data["expects_k_norm"]
-
-
-def _stat(path: Path) -> tuple[int, int]:
-    stat = path.stat()
-    return stat.st_size, stat.st_mtime_ns

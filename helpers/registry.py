@@ -1,7 +1,7 @@
 """Is the architecture registered in the installed vLLM? Asked of vLLM's own ModelRegistry in a
 subprocess (importing vLLM takes seconds), with the answer cached.
 
-The cache (RUNS_DIR/.cache/registry-<key>.json) holds vLLM's whole list of supported
+The cache (CACHE_DIR/registry-<key>.json, RUNS_DIR/.cache by default) holds vLLM's whole list of supported
 architectures. Its key covers the installed versions, the Python that asks, and the state of the
 implementation roots and of the directories vllm / vllm_ascend are imported from (git HEAD, dirty
 files with their size and mtime, or the directory's own mtime), so an edited registry.py or a new
@@ -140,19 +140,19 @@ def cache_key(roots: dict[str, Path | None]) -> dict[str, Any]:
             "states": {name: tree_state(path) for name, path in trees.items()}}
 
 
-def cache_path(runs_dir: Path, key: dict[str, Any]) -> Path:
+def cache_path(cache_dir: Path, key: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return runs_dir / ".cache" / f"registry-{digest}.json"
+    return cache_dir / f"registry-{digest}.json"
 
 
 class RegistryQuery:
     """Started early (the probe runs while triage reads headers), answered by `result`. Served
     from the cache when nothing the answer depends on changed."""
 
-    def __init__(self, roots: dict[str, Path | None], runs_dir: Path) -> None:
+    def __init__(self, roots: dict[str, Path | None], cache_dir: Path) -> None:
         self.started = time.monotonic()
         self.key = cache_key(roots)
-        self.path = cache_path(runs_dir, self.key)
+        self.path = cache_path(cache_dir, self.key)
         try:
             cached = ev.read_json(self.path)
         except (OSError, ValueError):

@@ -169,6 +169,7 @@ class Settings:
     extra_args: str = ""
     api_key: str = ""
     runs_dir: Path = field(default_factory=lambda: Path("runs").absolute())
+    cache_dir: Path = field(default_factory=lambda: Path("runs/.cache").absolute())
     work_dir: str = ""
     ready_timeout: int = 1200
     stall_timeout: int = 300
@@ -209,6 +210,7 @@ class Settings:
 def load(overrides: dict[str, str | None] | None = None) -> Settings:
     values = raw_values(overrides)
     base = Path.cwd()
+    runs_dir = _path(values, "RUNS_DIR", base) or base / "runs"
     port = _int(values, "PORT", minimum=1)
     if port is not None and port > 65535:
         raise UsageError(f"PORT={port} is not a TCP port", "use 1-65535")
@@ -228,7 +230,8 @@ def load(overrides: dict[str, str | None] | None = None) -> Settings:
         dtype=_text(values, "DTYPE"),
         extra_args=values.get("EXTRA_ARGS", ""),
         api_key=values.get("VLLM_API_KEY", ""),
-        runs_dir=_path(values, "RUNS_DIR", base) or base / "runs",
+        runs_dir=runs_dir,
+        cache_dir=_path(values, "CACHE_DIR", base) or runs_dir / ".cache",
         work_dir=_text(values, "WORK_DIR"),
         ready_timeout=_int(values, "READY_TIMEOUT", minimum=1) or 1200,
         stall_timeout=_int(values, "STALL_TIMEOUT", minimum=1) or 300,

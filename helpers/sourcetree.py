@@ -55,7 +55,7 @@ class TreeInfo:
     head: str | None = None
     branch: str | None = None          # None when detached
     dirty: list[str] = field(default_factory=list)   # "XY path" (git's porcelain codes, ?? untracked)
-    fingerprint: str = ""              # HEAD + each dirty file's size and mtime: changes when the tree does
+    fingerprint: str = ""              # HEAD + each dirty file's content: changes when the tree does
     error: str = ""
 
     @property
@@ -98,13 +98,22 @@ def parse_status_v2(raw: bytes) -> tuple[str | None, str | None, list[tuple[str,
     return head, branch, entries
 
 
+# Dirty files up to this size are fingerprinted by content: a file saved again unchanged, or put
+# back as it was, is the same tree (a keymap or a PASS made on it still holds); larger ones by stat.
+CONTENT_HASH_LIMIT = 4 << 20
+
+
 def fingerprint(root: Path, head: str | None, entries: list[tuple[str, str]]) -> str:
-    """Cheap: sizes and mtimes of the dirty files, no content read."""
+    """The dirty files' content (size and mtime above CONTENT_HASH_LIMIT), on top of HEAD."""
     parts = [head or "(no commit)"]
     for code, path in sorted(entries, key=lambda e: e[1]):
+        file = root / path
         try:
-            stat = (root / path).stat()
-            parts.append(f"{code}:{path}:{stat.st_size}:{stat.st_mtime_ns}")
+            stat = file.stat()
+            if file.is_file() and stat.st_size <= CONTENT_HASH_LIMIT:
+                parts.append(f"{code}:{path}:{hashlib.sha256(file.read_bytes()).hexdigest()}")
+            else:
+                parts.append(f"{code}:{path}:{stat.st_size}:{stat.st_mtime_ns}")
         except OSError:
             parts.append(f"{code}:{path}:gone")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

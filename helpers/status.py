@@ -120,11 +120,11 @@ def stale_reasons(now: Now, *, when: str | None, context: dict[str, Any] | None,
             reasons.append("config.json changed since this run")
         if uses_weights and recorded.get("weights_sha256") != now.fingerprint.get("weights_sha256"):
             reasons.append("the weight files changed since this run")
-    else:  # an older record without a fingerprint: modification times
+    else:  # an older record without a fingerprint: modification times, against a stamp in whole seconds
         moment = _epoch(when)
-        if moment is not None and now.config_mtime and now.config_mtime > moment:
+        if moment is not None and now.config_mtime and now.config_mtime >= moment + 1:
             reasons.append("config.json changed after this run")
-        if moment is not None and uses_weights and now.weights_mtime and now.weights_mtime > moment:
+        if moment is not None and uses_weights and now.weights_mtime and now.weights_mtime >= moment + 1:
             reasons.append("the weight files changed after this run")
     for name, root in ((context or {}).get("roots") or {}).items():
         today = now.roots.get(name)

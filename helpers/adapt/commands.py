@@ -58,12 +58,15 @@ def scaffold_cmd() -> None:
               help="seconds the probe process may take")
 def keymap_cmd(timeout: float) -> None:
     """Run the adapter's own load_weights over header-only tensors: unmapped keys without a server."""
+    from helpers import profiles, status
     from helpers.adapt import keymap
 
     settings = settings_module.load()
     resolved = model_module.resolve(settings)
-    result = keymap.check(resolved.checkpoint, resolved.config, tp=settings.tp or _planned_tp(resolved), timeout=timeout)
-    path = keymap.write(result, settings.runs_dir, resolved.name)
+    tp = settings.tp or _planned_tp(resolved)
+    now = status.observe(settings, resolved, settings.backend or profiles.detect_backend())
+    result = keymap.check(resolved.checkpoint, resolved.config, tp=tp, timeout=timeout)
+    path = keymap.write(result, settings.runs_dir, resolved.name, keymap.made_on(now, tp))
     for line in keymap.summary(result):
         click.echo(line)
     click.echo(f"keymap.json: {path}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from helpers import settings as settings_module
+from helpers import status
 from helpers.adapt import keymap, nearest
 from helpers.errors import EXIT_FAIL, BringupError, UsageError
 from helpers.model import Model
@@ -40,8 +41,15 @@ def before_stage_b(settings: Settings, model: Model, backend: str, out: Callable
     if not sources or not architectures or all(arch in sources for arch in architectures):
         return
     out(f"keymap: {architectures[0]} is served by an adapter: proving its weight mapping before the start")
-    result = keymap.check(model.checkpoint, model.config, tp=settings.tp or 1)
-    path = keymap.write(result, settings.runs_dir, model.name)
+    tp = settings.tp or 1
+    now = status.observe(settings, model, backend)
+    found = None if settings.force else keymap.reusable(settings.runs_dir, model.name, now, tp)
+    if found:
+        path, result = found
+        out(f"keymap: reused {path}: made on the same checkpoint, roots and versions; FORCE=1 makes it again")
+    else:
+        result = keymap.check(model.checkpoint, model.config, tp=tp)
+        path = keymap.write(result, settings.runs_dir, model.name, keymap.made_on(now, tp))
     for line in keymap.summary(result, limit=5):
         out(f"  {line}")
     if result.failing and not result.why_fallback:

@@ -8,7 +8,10 @@ weights without their scale, and the planned TP's KV-head and QK-norm sharding. 
 cannot be built this way, it says why and falls back to triage's header coverage.
 
 Written to RUNS_DIR/<model>/<stamp>-keymap/keymap.json (never overwritten; latest-keymap points
-at it). Stage B reads the verdict and refuses a start certain to fail (KEYMAP_CHECK=off skips).
+at it) with what it was made on: the checkpoint, the implementation roots (HEAD and the dirty
+files' content), the installed versions and the TP. Stage B reads the verdict and refuses a start
+certain to fail (KEYMAP_CHECK=off skips); a keymap made on exactly what the box has now is reused
+there, not made again (each dry run imports vLLM: seconds here, a minute on a box with vllm-ascend).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 from helpers import coverage
 from helpers import checkpoint as ckpt
 from helpers import evidence as ev
+from helpers import status
 from helpers.adapt import nearest
 from helpers.adapt.probe import MARKER
 from helpers.settings import REPO_ROOT
@@ -55,6 +59,10 @@ class Keymap:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"failing": self.failing}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Keymap:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
 
 
 def tp_sharding(facts: ckpt.ConfigFacts, tp: int, has_qk_norm: bool) -> dict[str, Any]:
@@ -150,11 +158,59 @@ def check(directory: Path, config: dict[str, Any], tp: int = 1, timeout: float =
     return result
 
 
-def write(result: Keymap, runs_dir: Path, model_name: str) -> Path:
+def made_on(now: status.Now, tp: int) -> dict[str, Any]:
+    """What a keymap's answer depends on, as `make status` records a run's context."""
+    return {"model_path": now.model_path, "context": {"model": {"fingerprint": now.fingerprint}, "roots": now.roots},
+            "versions": now.versions, "tp": tp}
+
+
+def write(result: Keymap, runs_dir: Path, model_name: str, inputs: dict[str, Any] | None = None) -> Path:
     run_dir = ev.new_run_dir(runs_dir, model_name, "keymap")
-    ev.atomic_write_json(run_dir / "keymap.json", result.to_dict() | {"created_utc": ev.utc_iso()})
+    ev.atomic_write_json(run_dir / "keymap.json", result.to_dict() | {"created_utc": ev.utc_iso(), "made_on": inputs})
     ev.point_latest(run_dir, "keymap")
     return run_dir / "keymap.json"
+
+
+RECENT_KEYMAPS = 20
+
+
+def _same_roots(recorded: dict[str, Any], today: dict[str, dict[str, Any]]) -> bool:
+    """The same roots at the same paths, each a git tree both times or absent both times (HEAD and
+    the dirty files' content are then compared by status.stale_reasons)."""
+    return set(recorded) == set(today) and all(
+        (recorded[name] or {}).get("path") == root["path"] and bool((recorded[name] or {}).get("git")) == bool(root["git"])
+        for name, root in today.items())
+
+
+def _run_order(run_dir: Path) -> tuple[str, int]:
+    """<stamp>-keymap, then <stamp>-keymap.1 ... for more runs in the same second (evidence.new_run_dir)."""
+    base, _, attempt = run_dir.name.partition(".")
+    return base, int(attempt) if attempt.isdigit() else 0
+
+
+def reusable(runs_dir: Path, model_name: str, now: status.Now, tp: int) -> tuple[Path, Keymap] | None:
+    """The newest keymap made on exactly today's checkpoint, roots, versions and TP. A root that
+    exists but is not a git tree cannot be compared, and a fallback (the probe did not build) is
+    never reused."""
+    if any(not root["git"] and Path(root["path"]).exists() for root in now.roots.values()):
+        return None
+    runs = sorted((p for p in ev.model_runs_dir(runs_dir, model_name).glob("*-keymap*")
+                   if not p.is_symlink() and p.name.split(".")[0].endswith("-keymap")), key=_run_order, reverse=True)
+    for run_dir in runs[:RECENT_KEYMAPS]:
+        try:
+            data = ev.read_json(run_dir / "keymap.json")
+        except (OSError, ValueError):
+            continue
+        made = data.get("made_on") if isinstance(data, dict) else None
+        if not made or data.get("why_fallback") or made.get("tp") != tp or not made.get("versions"):
+            continue
+        if not _same_roots((made.get("context") or {}).get("roots") or {}, now.roots):
+            continue
+        if status.stale_reasons(now, when=data.get("created_utc"), context=made.get("context"),
+                                model_path=made.get("model_path"), versions=made.get("versions")):
+            continue
+        return run_dir / "keymap.json", Keymap.from_dict(data)
+    return None
 
 
 def summary(result: Keymap, limit: int = 8) -> list[str]:

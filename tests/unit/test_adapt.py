@@ -79,3 +79,62 @@ def test_relative_imports_of_a_vllm_model_become_absolute_when_it_moves_to_vllm_
     assert absolute_imports(text) == (
         "from vllm.model_executor.models.qwen2 import Qwen2ForCausalLM\nfrom vllm.model_executor.models import utils\n"
         "from vllm.model_executor.layers.linear import (\n    QKVParallelLinear)\nfrom vllm.config import VllmConfig\n")
+
+
+def _now(**changes) -> "status.Now":
+    from helpers import status
+
+    base = dict(model_path="/ckpt/tiny-new",
+                fingerprint={"config_sha256": "c1", "weights_sha256": "w1", "weight_files": 1, "weight_bytes": 10},
+                config_mtime=None, weights_mtime=None,
+                roots={"vllm_ascend": {"path": "/roots/vllm-ascend", "head": "h1", "fingerprint": "f1", "git": True,
+                                       "dirty": True}},
+                versions={"vllm": "0.32.0", "transformers": "5.19.0"})
+    return status.Now(**(base | changes))
+
+
+def test_a_keymap_is_reused_only_on_the_same_checkpoint_roots_versions_and_tp(tmp_path):
+    """Stage B's dry run is skipped only where its answer cannot differ (keymap.json records
+    what it was made on); a fallback answer (the probe did not build) is never reused."""
+    from helpers.adapt import keymap
+
+    made = _now()
+    clean = keymap.Keymap("clean", "load_weights on meta tensors", model_class="m.TinyNewForCausalLM", tensors=3)
+    path = keymap.write(clean, tmp_path, "tiny-new", keymap.made_on(made, 1))
+    found = keymap.reusable(tmp_path, "tiny-new", _now(), 1)
+    assert found and found[0] == path and found[1].verdict == "clean" and found[1].tensors == 3
+
+    root = made.roots["vllm_ascend"]
+    for changed in (_now(roots={"vllm_ascend": root | {"fingerprint": "f2"}}),   # the adapter edited
+                    _now(roots={"vllm_ascend": root | {"head": "h2"}}),
+                    _now(roots={"vllm_ascend": root | {"path": "/elsewhere"}}),
+                    _now(roots={"vllm_ascend": root | {"git": False, "path": str(tmp_path)}}),  # not comparable
+                    _now(roots={"vllm_ascend": root, "vllm": {"path": "/roots/vllm", "git": True}}),
+                    _now(fingerprint=made.fingerprint | {"weights_sha256": "w2"}),
+                    _now(versions={"vllm": "0.33.0", "transformers": "5.19.0"})):
+        assert keymap.reusable(tmp_path, "tiny-new", changed, 1) is None
+    assert keymap.reusable(tmp_path, "tiny-new", _now(), 2) is None
+    # a root that does not exist holds no code: it compares as absent
+    absent = {"vllm": {"path": str(tmp_path / "no-vllm-root"), "head": None, "fingerprint": "", "git": False}}
+    keymap.write(clean, tmp_path, "tiny-new", keymap.made_on(_now(roots=made.roots | absent), 1))
+    assert keymap.reusable(tmp_path, "tiny-new", _now(roots=made.roots | absent), 1)
+
+    # a newer keymap on other roots does not hide the one that matches; a fallback never counts
+    keymap.write(keymap.Keymap("faults", "load_weights on meta tensors"), tmp_path, "tiny-new",
+                 keymap.made_on(_now(roots={"vllm_ascend": root | {"fingerprint": "f2"}}), 1))
+    keymap.write(keymap.Keymap("fallback-clean", "header coverage", why_fallback="the probe took over 600 s"),
+                 tmp_path, "tiny-new", keymap.made_on(made, 1))
+    assert keymap.reusable(tmp_path, "tiny-new", _now(), 1)[0] == path
+
+
+def test_a_dirty_file_put_back_as_it_was_is_the_same_tree(tmp_path):
+    """The roots' fingerprint reads the dirty files' content: saving a file again, or restoring it,
+    keeps the tree's fingerprint (and what was proven on it); a changed byte does not."""
+    from helpers import sourcetree
+
+    (tmp_path / "adapter.py").write_text("A = 1\n")
+    first = sourcetree.fingerprint(tmp_path, "h1", [("??", "adapter.py")])
+    (tmp_path / "adapter.py").write_text("A = 2\n")
+    edited = sourcetree.fingerprint(tmp_path, "h1", [("??", "adapter.py")])
+    (tmp_path / "adapter.py").write_text("A = 1\n")
+    assert sourcetree.fingerprint(tmp_path, "h1", [("??", "adapter.py")]) == first != edited

@@ -506,7 +506,7 @@ def test_registry_answer_is_cached_until_a_root_changes(tmp_path, monkeypatch):
     roots = {"VLLM_SRC": root, "VLLM_ASCEND_SRC": None}
 
     def ask(arch: str) -> registry.RegistryCheck:
-        return registry.RegistryQuery(roots, tmp_path / "runs").result([arch])
+        return registry.RegistryQuery(roots, tmp_path / "runs" / ".cache").result([arch])
 
     assert ask("FooForCausalLM").registered is True and len(asked) == 1
     again = ask("BarForCausalLM")
@@ -537,3 +537,23 @@ def checkpoint_facts(config):
     from helpers import checkpoint
 
     return checkpoint.config_facts(config)
+
+
+def test_weight_coverage_is_reused_for_the_same_layout_and_made_again_for_another(tmp_path):
+    """The coverage answer is keyed by what it reads (config.json, tensor names/dtypes/shapes), not
+    by file times or paths: a checkpoint regenerated elsewhere with the same layout reuses it from
+    CACHE_DIR (shared by two RUNS_DIRs); another layout gets its own."""
+    cache = tmp_path / "cache"
+
+    def coverage_of(directory: Path, runs: str) -> dict:
+        loaded = settings.load({"RUNS_DIR": str(tmp_path / runs), "CACHE_DIR": str(cache), "MODEL": str(directory),
+                                "BACKEND": "cpu"})
+        return triage.triage(loaded, model_module.resolve(loaded), registry=False, backend="cpu").to_dict()["coverage"]
+
+    first = coverage_of(tinymodel.generate(tmp_path / "a" / "tiny"), "runs-a")
+    assert len(list(cache.glob("coverage-*.json"))) == 1
+    again = coverage_of(tinymodel.generate(tmp_path / "b" / "tiny"), "runs-b")
+    assert again == first and len(list(cache.glob("coverage-*.json"))) == 1
+    assert not (tmp_path / "runs-a" / ".cache").exists()
+    other = coverage_of(tinymodel.generate(tmp_path / "c" / "tiny", spec=tinymodel.TinySpec(qk_norm=True)), "runs-b")
+    assert other["expected_count"] != first["expected_count"] and len(list(cache.glob("coverage-*.json"))) == 2
