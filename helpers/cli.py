@@ -174,12 +174,12 @@ def stop_cmd(token: str | None, port: int | None, quiet: bool) -> None:
 @cli.command("hygiene")
 def hygiene_cmd() -> None:
     """Stop our recorded servers, then check PORT is free (exit 3 if someone else holds it)."""
-    from helpers.serve import describe_port_holders, port_is_free, stop_recorded
+    from helpers.serve import describe_port_holders, stop_recorded, wait_port_free
     from helpers.errors import EnvironmentProblem
 
     settings = _settings()
-    stop_recorded(settings.runs_dir)
-    if not port_is_free(settings.host, settings.port):
+    stopped = stop_recorded(settings.runs_dir)
+    if not wait_port_free(settings.host, settings.port, 5.0 if stopped else 0.0):
         raise EnvironmentProblem(
             f"port {settings.port} is in use by {describe_port_holders(settings.port)}; not ours, left untouched",
             "ask its owner or choose another PORT")

@@ -82,9 +82,13 @@ def group_members(pgid: int) -> list[int]:
     return members
 
 
-def listening_pids(port: int) -> list[int]:
-    """Pids holding a listening TCP socket on `port` (read from /proc, no external tools)."""
-    inodes: set[str] = set()
+TCP_STATES = {"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1", "05": "FIN_WAIT2",
+              "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT", "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING"}
+
+
+def port_sockets(port: int) -> list[tuple[str, str]]:
+    """(TCP state, socket inode) of each socket whose local port is `port` (/proc/net/tcp, tcp6)."""
+    found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -92,8 +96,14 @@ def listening_pids(port: int) -> list[int]:
             continue
         for line in lines:
             parts = line.split()
-            if len(parts) > 9 and parts[3] == "0A" and int(parts[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(parts[9])
+            if len(parts) > 9 and int(parts[1].rsplit(":", 1)[1], 16) == port:
+                found.append((TCP_STATES.get(parts[3], parts[3]), parts[9]))
+    return found
+
+
+def listening_pids(port: int) -> list[int]:
+    """Pids holding a listening TCP socket on `port` (read from /proc, no external tools)."""
+    inodes = {inode for state, inode in port_sockets(port) if state == "LISTEN"}
     owners: set[int] = set()
     if not inodes:
         return []
@@ -188,8 +198,22 @@ def port_is_free(host: str, port: int) -> bool:
 def describe_port_holders(port: int) -> str:
     pids = listening_pids(port)
     if not pids:
+        states = sorted({state for state, _inode in port_sockets(port)})
+        if states:
+            return (f"sockets in state {', '.join(states)} and no listener (a connection using it as its own "
+                    "port, or a server still closing)")
         return "a process this user cannot see"
     return "; ".join(f"pid {pid}: {process_command(pid)[:200]}" for pid in pids)
+
+
+def wait_port_free(host: str, port: int, seconds: float) -> bool:
+    """A port a server of ours just let go of can take the kernel a moment to give back."""
+    deadline = time.monotonic() + seconds
+    while not port_is_free(host, port):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def require_free_port(host: str, port: int, runs_dir: str | Path) -> None:

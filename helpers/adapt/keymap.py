@@ -83,13 +83,14 @@ def tp_sharding(facts: ckpt.ConfigFacts, tp: int, has_qk_norm: bool) -> dict[str
             "kv_replicated": bool(kv and tp > kv), "problems": problems, "notes": notes}
 
 
-def probe(directory: Path, trust_remote_code: bool, timeout: float, as_arch: str = "") -> dict[str, Any]:
-    """Run the probe process (the box's own PYTHONPATH: the roots' packages are what it imports)."""
+def probe(directory: Path, trust_remote_code: bool, timeout: float, nearest_arch: str = "") -> dict[str, Any]:
+    """Run the probe process (the box's own PYTHONPATH: the roots' packages are what it imports).
+    Where no one registered the architecture, it builds `nearest_arch` instead."""
     command = [sys.executable, "-m", "helpers.adapt.probe", str(directory)]
     if trust_remote_code:
         command.append("--trust-remote-code")
-    if as_arch:
-        command.append(f"--as={as_arch}")
+    if nearest_arch:
+        command.append(f"--nearest={nearest_arch}")
     env = dict(os.environ, VLLM_LOGGING_LEVEL="ERROR", TQDM_DISABLE="1")
     try:
         done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -122,17 +123,13 @@ def check(directory: Path, config: dict[str, Any], tp: int = 1, timeout: float =
     _count, unpaired, _orphans = coverage.fp8_pairing(scan.tensors)
     qk_norm = any(name.endswith("k_norm.weight") for name in scan.tensors)
     trust = bool(config.get("auto_map"))
-    answer = probe(directory, trust, timeout) if scan.tensors else {"built": False, "why": "no safetensors tensors"}
+    # no adapter registered yet: the nearest registered class shows which names it would not take
+    ranked = nearest.rank(config, facts, scan.tensors, limit=1)["nearest"] if scan.tensors else []
+    answer = probe(directory, trust, timeout, ranked[0]["arch"] if ranked else "") if scan.tensors else \
+        {"built": False, "why": "no safetensors tensors"}
     method = "load_weights on meta tensors"
-    if not answer.get("built") and answer.get("unregistered"):
-        # no adapter registered yet: the nearest registered class shows which names it would not take
-        ranked = nearest.rank(config, facts, scan.tensors, limit=1)["nearest"]
-        if ranked:
-            unregistered = answer["why"]
-            answer = probe(directory, trust, timeout, as_arch=ranked[0]["arch"])
-            method = f"load_weights of the nearest registered class {ranked[0]['arch']} (no adapter is registered)"
-            if not answer.get("built"):
-                answer["why"] = f"{unregistered}; as {ranked[0]['arch']}: {answer['why']}"
+    if answer.get("as_nearest"):
+        method = f"load_weights of the nearest registered class {answer['as_nearest']} (no adapter is registered)"
     if answer.get("built"):
         result = Keymap("clean", method, model_class=answer["class"], source=answer["source"],
                         tensors=answer["tensors"])

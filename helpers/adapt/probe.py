@@ -114,7 +114,9 @@ def feed(model: Any, tensors: dict[str, tuple[str, list[int]]]) -> dict[str, Any
             "faults": faults, "one_call": one_call}
 
 
-def run(directory: Path, trust_remote_code: bool, as_arch: str = "") -> dict[str, Any]:
+def run(directory: Path, trust_remote_code: bool, nearest_arch: str = "") -> dict[str, Any]:
+    """The dry run of the checkpoint's own class; where no one registered it, of `nearest_arch`
+    (the nearest registered class) instead, in this process: vLLM is imported once."""
     started = time.monotonic()
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from helpers import checkpoint as ckpt
@@ -124,17 +126,26 @@ def run(directory: Path, trust_remote_code: bool, as_arch: str = "") -> dict[str
     scan = ckpt.scan_headers(directory, inventory.weight_files, index)
     tensors = {name: (info.dtype, info.shape) for name, info in scan.tensors.items()}
     headers_s = round(time.monotonic() - started, 3)
+    unregistered = ""
     try:
-        model, where = build(directory, trust_remote_code, as_arch)
+        model, where = build(directory, trust_remote_code)
     except Exception as exc:
         # pydantic wraps vLLM's own message ("2 validation errors for ModelConfig"): name the line that says why
         said = next((line.strip() for line in str(exc).splitlines() if NOT_REGISTERED in line), "")
-        return {"built": False, "why": said or _first_line(exc), "unregistered": bool(said), "headers_s": headers_s,
-                "tensors": len(tensors)}
+        failed = {"built": False, "why": said or _first_line(exc), "unregistered": bool(said), "headers_s": headers_s,
+                  "tensors": len(tensors)}
+        if not (said and nearest_arch):
+            return failed
+        unregistered = said
+        try:
+            model, where = build(directory, trust_remote_code, nearest_arch)
+        except Exception as again:
+            return failed | {"why": f"{said}; as {nearest_arch}: {_first_line(again)}"}
     built_s = round(time.monotonic() - started, 3)
     result = feed(model, tensors)
     return {"built": True, **where, **result, "tensors": len(tensors), "headers_s": headers_s, "built_s": built_s,
-            "elapsed_s": round(time.monotonic() - started, 3), "vllm_import_s": IMPORTED_S}
+            "elapsed_s": round(time.monotonic() - started, 3), "vllm_import_s": IMPORTED_S,
+            "as_nearest": nearest_arch if unregistered else "", "unregistered_why": unregistered}
 
 
 def main() -> None:
@@ -146,8 +157,8 @@ def main() -> None:
     IMPORTED_S = round(time.monotonic() - started, 3)
     directory = Path(sys.argv[1])
     trust = "--trust-remote-code" in sys.argv[2:]
-    as_arch = next((a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("--as=")), "")
-    print(MARKER + json.dumps(run(directory, trust, as_arch)), flush=True)
+    nearest_arch = next((a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("--nearest=")), "")
+    print(MARKER + json.dumps(run(directory, trust, nearest_arch)), flush=True)
 
 
 if __name__ == "__main__":

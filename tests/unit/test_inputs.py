@@ -4,8 +4,10 @@ These run the real CLI and make; no server is started (each case fails before th
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -113,3 +115,29 @@ def test_make_tiny_model_takes_its_defaults_from_env_example(tmp_path, env):
     env["TINY_KIND"] = "huge"
     bad = subprocess.run(["scripts/tiny_model.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "TINY_KIND='huge'" in one_line_error(bad)
+
+
+def test_a_port_let_go_a_moment_later_is_waited_for_and_a_connection_on_it_is_named():
+    """Sockets on a port that is not listening: hygiene, having just stopped our server, waits a
+    moment for the kernel to give the port back; a port still taken is described by its sockets'
+    TCP states (here a connection whose own port it is), not as a process one cannot see."""
+    import threading
+
+    from helpers import serve
+
+    port = free_port()
+    held = socket.socket()
+    held.bind(("127.0.0.1", port))
+    held.listen()
+    threading.Timer(0.5, held.close).start()
+    assert serve.wait_port_free("127.0.0.1", port, 0.0) is False
+    started = time.monotonic()
+    assert serve.wait_port_free("127.0.0.1", port, 5.0) is True and time.monotonic() - started < 4
+
+    with socket.socket() as server, socket.socket() as client:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        client.bind(("127.0.0.1", port))
+        client.connect(server.getsockname())
+        assert not serve.port_is_free("127.0.0.1", port)
+        assert serve.describe_port_holders(port).startswith("sockets in state ESTABLISHED and no listener")
