@@ -33,6 +33,17 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _first_bindable(ports, where: str) -> int:
+    for port in ports:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port {where}")
+
+
 def free_port() -> int:
     """A free port below the kernel's ephemeral range, at random. A port the kernel hands out from
     that range can be the source port of any outgoing connection a moment later: a server then
@@ -42,15 +53,7 @@ def free_port() -> int:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             return sock.getsockname()[1]
-    for _ in range(100):
-        port = random.randint(low, high)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port between {low} and {high}")
+    return _first_bindable((random.randint(low, high) for _ in range(100)), f"between {low} and {high}")
 
 
 def free_port_between(low: int, high: int) -> int:
@@ -59,14 +62,7 @@ def free_port_between(low: int, high: int) -> int:
     workers never pick the same port in the moment before a server binds it."""
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    for port in range(low + worker, high + 1, workers):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port between {low} and {high}")
+    return _first_bindable(range(low + worker, high + 1, workers), f"between {low} and {high}")
 
 
 def server_seconds(item) -> float:
