@@ -3,8 +3,8 @@ subprocess (importing vLLM takes seconds), with the answer cached.
 
 The cache (CACHE_DIR/registry-<key>.json, RUNS_DIR/.cache by default) holds vLLM's whole list of supported
 architectures. Its key covers the installed versions, the Python that asks, and the state of the
-implementation roots and of the directories vllm / vllm_ascend are imported from (git HEAD, dirty
-files with their size and mtime, or the directory's own mtime), so an edited registry.py or a new
+implementation roots and of the directories vllm / vllm_ascend are imported from (git HEAD and the
+dirty files' content, or the directory's own mtime), so an edited registry.py or a new
 model file is never answered from the cache.
 """
 
@@ -119,8 +119,8 @@ def finish_registry_probe(process: subprocess.Popen | None, architectures: list[
 # --- the cache ------------------------------------------------------------------------------
 
 def tree_state(root: Path | None) -> str:
-    """A fingerprint of a source tree: git HEAD + every dirty file's size and mtime, or (not a git
-    work tree) the directory's mtime. Cheap: no file content is read."""
+    """A fingerprint of a source tree: git HEAD + the dirty files' content (sourcetree.fingerprint),
+    or (not a git work tree) the directory's mtime."""
     if root is None or not root.is_dir():
         return "absent"
     info = sourcetree.inspect(root)
